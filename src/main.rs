@@ -1,0 +1,2 @@
+//! The `dialer` command line (filled in by the spine work).
+fn main() {}

@@ -1,0 +1,3 @@
+//! The vendor: wire types, error taxonomy, client, webhook signatures.
+pub mod codes;
+pub mod wire;
