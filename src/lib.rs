@@ -3,6 +3,11 @@
 //! The pure core (`phone`, `compliance`, `decision`) does no I/O; `store`,
 //! `revdesk` and `http` are the edges; `worker` wires them together.
 
+pub mod campaign;
+pub mod cli;
 pub mod clock;
+pub mod config;
+pub mod import;
 pub mod phone;
 pub mod revdesk;
+pub mod store;

@@ -1,2 +1,241 @@
-//! The `dialer` command line (filled in by the spine work).
-fn main() {}
+//! The `dialer` command line: parse, load configuration, call into the library,
+//! map errors to exit codes (0 ok, 1 runtime failure, 2 bad usage or configuration,
+//! 3 input file had rejected rows).
+
+use clap::{Parser, Subcommand};
+use dialer::cli::{self, CliError, EXIT_OK};
+use dialer::clock::Clock;
+use dialer::config::{Settings, Sources};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "dialer",
+    version,
+    about = "Outbound-call worker for RevDesk with local pre-flight compliance"
+)]
+struct Cli {
+    /// Configuration file (layered over config/default.toml; DIALER__SECTION__KEY env wins).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the embedded migrations to database.url.
+    Migrate,
+    /// Create, update and operate campaigns.
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+    /// Load contacts, DNC lists, opt-outs and consent records.
+    #[command(subcommand)]
+    Import(ImportCmd),
+    /// Jobs per state and final reason, attempts, account halts.
+    Status {
+        #[arg(long)]
+        campaign: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CampaignCmd {
+    /// Create or update a campaign from a TOML file (idempotent).
+    Apply { file: PathBuf },
+    /// List campaigns and their state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop claiming a campaign's jobs until `resume`.
+    Pause { name: String },
+    /// Lift a pause (the operator's and any automatic one).
+    Resume { name: String },
+}
+
+#[derive(Subcommand)]
+enum ImportCmd {
+    /// Contacts CSV: one job per new phone number in the campaign.
+    Contacts {
+        #[arg(long)]
+        campaign: String,
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A Do-Not-Call list: one number per line, `areacode,number`, or `NPAXXXXXXX`.
+    Dnc {
+        file: PathBuf,
+        #[arg(long, default_value = "dnc")]
+        source: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Opt-outs CSV: phone, campaign (blank = all), opted_out_at, source.
+    OptOuts {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Consents CSV: phone, campaign, kind, granted_at, expires_at, revoked_at.
+    Consents {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                cli::EXIT_USAGE
+            } else {
+                EXIT_OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(cli::EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, CliError> {
+    let settings = Settings::load(&Sources::cli(cli.config.clone()))?;
+    let clock = Clock::system();
+    let now_ms = clock.now().timestamp_millis();
+    match cli.command {
+        Command::Migrate => {
+            let store = cli::open_store(&settings, false).await?;
+            store.migrate().await?;
+            println!("migrations applied ({})", store.backend().as_str());
+            Ok(EXIT_OK)
+        }
+        Command::Campaign(cmd) => {
+            let store = cli::open_store(&settings, true).await?;
+            match cmd {
+                CampaignCmd::Apply { file } => {
+                    let spec = dialer::campaign::CampaignSpec::load(&file)
+                        .map_err(|e| CliError::Usage(e.to_string()))?;
+                    let (row, created) = store.apply_campaign(&spec, now_ms).await?;
+                    println!(
+                        "campaign {} {} (call_type {}, require_consent {}, window {}-{} recipient local, days {})",
+                        row.name,
+                        if created { "created" } else { "updated" },
+                        row.call_type,
+                        spec.require_consent.label(),
+                        row.window_start,
+                        row.window_end,
+                        row.days
+                    );
+                    Ok(EXIT_OK)
+                }
+                CampaignCmd::List { json } => {
+                    let rows = store.campaigns().await?;
+                    if json {
+                        let v: Vec<_> = rows
+                            .iter()
+                            .map(|c| serde_json::json!({"name": c.name, "state": c.state_label(now_ms), "call_type": c.call_type,
+                                "require_consent": c.require_consent, "window": format!("{}-{}", c.window_start, c.window_end), "days": c.days}))
+                            .collect();
+                        println!("{}", serde_json::Value::Array(v));
+                    } else {
+                        for c in rows {
+                            println!(
+                                "{}\t{}\t{}\t{}-{}\t{}",
+                                c.name,
+                                c.state_label(now_ms),
+                                c.call_type,
+                                c.window_start,
+                                c.window_end,
+                                c.days
+                            );
+                        }
+                    }
+                    Ok(EXIT_OK)
+                }
+                CampaignCmd::Pause { name } | CampaignCmd::Resume { name }
+                    if store.campaign(&name).await?.is_none() =>
+                {
+                    Err(CliError::Usage(format!("unknown campaign `{name}`")))
+                }
+                CampaignCmd::Pause { name } => {
+                    store.set_operator_pause(&name, true, now_ms).await?;
+                    println!("campaign {name} paused");
+                    Ok(EXIT_OK)
+                }
+                CampaignCmd::Resume { name } => {
+                    store.set_operator_pause(&name, false, now_ms).await?;
+                    println!("campaign {name} resumed");
+                    Ok(EXIT_OK)
+                }
+            }
+        }
+        Command::Import(cmd) => {
+            let store = cli::open_store(&settings, true).await?;
+            match cmd {
+                ImportCmd::Contacts {
+                    campaign,
+                    file,
+                    json,
+                } => {
+                    let c = store
+                        .campaign(&campaign)
+                        .await?
+                        .ok_or_else(|| CliError::Usage(format!("unknown campaign `{campaign}`")))?;
+                    let p = cli::progress_for(&file, json);
+                    let report =
+                        dialer::import::import_contacts(&store, c.id, now_ms, &file, p).await?;
+                    Ok(cli::finish_import("contacts", &report, json))
+                }
+                ImportCmd::Dnc { file, source, json } => {
+                    let p = cli::progress_for(&file, json);
+                    let report =
+                        dialer::import::import_dnc(&store, &file, &source, now_ms, p).await?;
+                    Ok(cli::finish_import("dnc", &report, json))
+                }
+                ImportCmd::OptOuts { file, json } => {
+                    let p = cli::progress_for(&file, json);
+                    let report = dialer::import::import_opt_outs(&store, &file, now_ms, p).await?;
+                    Ok(cli::finish_import("opt-outs", &report, json))
+                }
+                ImportCmd::Consents { file, json } => {
+                    let p = cli::progress_for(&file, json);
+                    let report = dialer::import::import_consents(&store, &file, p).await?;
+                    Ok(cli::finish_import("consents", &report, json))
+                }
+            }
+        }
+        Command::Status { campaign, json } => {
+            let store = cli::open_store(&settings, true).await?;
+            let report = store.status(campaign.as_deref(), now_ms).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{}", cli::status_text(&report));
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}

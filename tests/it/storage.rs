@@ -1,0 +1,148 @@
+//! Storage behaviour, each test run on SQLite and PostgreSQL with one body.
+
+use crate::both_backends;
+use crate::support::write_file;
+use dialer::campaign::CampaignSpec;
+use dialer::import::{self, NoProgress};
+use dialer::store::{ContactRecord, DynStore};
+
+const NOW: i64 = 1_790_000_000_000;
+
+pub const CAMPAIGN: &str = r#"
+name = "renewals-2026"
+from_number = "+14155550100"
+window = { start = "09:00", end = "20:00" }
+days = ["mon", "tue", "wed", "thu", "fri", "sat"]
+max_attempts = 3
+frequency_cap = { calls = 3, per = "24h" }
+"#;
+
+pub async fn campaign(store: &DynStore) -> i64 {
+    let spec = CampaignSpec::parse(CAMPAIGN).unwrap();
+    store.apply_campaign(&spec, NOW).await.unwrap().0.id
+}
+
+/// Good rows, a repeated phone, and one bad row of each kind the SPEC names.
+pub const MIXED_CONTACTS: &[u8] = b"phone,first_name,state,timezone,postal_code,plan\n\
+(212) 234-5678,Ann,NY,,10001,gold\n\
+911,Emergency,,,,\n\
+not-a-number,Bad,,,,\n\
++1 212 234 5678,Repeat,,,,\n\
+312-234-5601,Zone,,Mars/Base,,\n\
+312-234-5602,Short\n\
+312-234-5603,Postal,,,ABCDE,\n\
+415-234-5604,Fay,CA,America/Los_Angeles,94105,silver\n\
+\xff\xfe,Latin1,,,,\n\
+6045551234,Van,BC,,V6B 1A1,\n";
+
+both_backends! {
+    async fn contacts_import_loads_good_rows_rejects_bad_ones_with_lines_and_is_idempotent(db) {
+        let id = campaign(&db.store).await;
+        let (_d, path) = write_file("contacts.csv", MIXED_CONTACTS);
+        let r = import::import_contacts(&db.store, id, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        assert_eq!(r.read, 10);
+        assert_eq!(r.loaded, 3, "{r:?}");
+        assert_eq!(r.duplicates, 1, "{r:?}");
+        let lines: Vec<(u64, &str)> = r.rejected.iter().map(|x| (x.line, x.reason.as_str())).collect();
+        assert_eq!(lines.len(), 6, "{lines:?}");
+        assert!(lines[0].0 == 3 && lines[0].1.starts_with("destination_blocked"), "{lines:?}");
+        assert!(lines[1].0 == 4 && lines[1].1.starts_with("invalid_number"), "{lines:?}");
+        assert!(lines[2].0 == 6 && lines[2].1.contains("unknown time zone"), "{lines:?}");
+        assert!(lines[3].0 == 7 && lines[3].1.contains("wrong column count"), "{lines:?}");
+        assert!(lines[4].0 == 8 && lines[4].1.contains("postal code"), "{lines:?}");
+        assert!(lines[5].0 == 10 && lines[5].1.contains("UTF-8"), "{lines:?}");
+
+        let before = db.store.status(None, NOW).await.unwrap();
+        let again = import::import_contacts(&db.store, id, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        assert_eq!(again.loaded, 0);
+        assert_eq!(again.duplicates, 4);
+        assert_eq!(db.store.status(None, NOW).await.unwrap(), before, "re-running the import changed counts");
+        assert_eq!(before.campaigns[0].jobs["queued"], 3);
+    }
+}
+
+both_backends! {
+    async fn an_import_cut_off_before_its_end_loads_nothing(db) {
+        let id = campaign(&db.store).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let rec = ContactRecord {
+            phone: "+12122345678".into(), external_id: None, timezone: None, state: None,
+            postal_code: None, first_name: None, last_name: None, attributes: None,
+        };
+        tx.send(vec![rec]).await.unwrap();
+        drop(tx); // the reader died before sending the end-of-stream marker
+        assert!(db.store.import_contacts(id, NOW, rx).await.is_err());
+        let s = db.store.status(None, NOW).await.unwrap();
+        assert_eq!(s.campaigns[0].jobs["queued"], 0, "a half-read file left rows behind");
+    }
+}
+
+both_backends! {
+    async fn campaign_apply_is_idempotent_and_pause_resume_round_trips(db) {
+        let spec = CampaignSpec::parse(CAMPAIGN).unwrap();
+        let (a, created) = db.store.apply_campaign(&spec, NOW).await.unwrap();
+        assert!(created);
+        let (b, created) = db.store.apply_campaign(&spec, NOW + 1).await.unwrap();
+        assert!(!created);
+        assert_eq!(a.id, b.id);
+        assert_eq!(db.store.campaigns().await.unwrap().len(), 1);
+        assert!(db.store.set_operator_pause("renewals-2026", true, NOW).await.unwrap());
+        assert_eq!(db.store.campaign("renewals-2026").await.unwrap().unwrap().state_label(NOW), "paused");
+        assert!(db.store.set_operator_pause("renewals-2026", false, NOW).await.unwrap());
+        assert_eq!(db.store.campaign("renewals-2026").await.unwrap().unwrap().state_label(NOW), "active");
+        assert!(!db.store.set_operator_pause("nope", true, NOW).await.unwrap());
+    }
+}
+
+both_backends! {
+    async fn dnc_numbers_and_whole_area_codes_are_facts(db) {
+        let (_d, path) = write_file("dnc.txt", b"# national registry\n\n2122345678\n201,2345678\n646XXXXXXX\nbogus\n");
+        let r = import::import_dnc(&db.store, &path, "national", NOW, Box::new(NoProgress)).await.unwrap();
+        assert_eq!((r.read, r.loaded, r.rejected.len()), (4, 3, 1), "{r:?}");
+        assert_eq!(r.rejected[0].line, 6);
+        let phones: Vec<String> = ["+12122345678", "+12012345678", "+16462345678", "+13122345678"].map(String::from).to_vec();
+        let f = db.store.facts(&phones, None, 0).await.unwrap();
+        assert_eq!(f.iter().map(|x| x.dnc).collect::<Vec<_>>(), [true, true, true, false]);
+        // Re-import never removes an entry and loads nothing new.
+        let r = import::import_dnc(&db.store, &path, "national", NOW, Box::new(NoProgress)).await.unwrap();
+        assert_eq!(r.loaded, 0);
+        assert!(db.store.facts(&phones, None, 0).await.unwrap()[0].dnc);
+    }
+}
+
+both_backends! {
+    async fn opt_outs_apply_globally_or_per_campaign_and_are_never_removed(db) {
+        let (_d, path) = write_file(
+            "opt.csv",
+            b"phone,campaign,opted_out_at,source\n2122345678,,2026-01-01,sms\n3122345678,renewals-2026,,web\n4152345678,other,,web\n",
+        );
+        let r = import::import_opt_outs(&db.store, &path, NOW, Box::new(NoProgress)).await.unwrap();
+        assert_eq!(r.loaded, 3);
+        let phones: Vec<String> = ["+12122345678", "+13122345678", "+14152345678"].map(String::from).to_vec();
+        let f = db.store.facts(&phones, Some("renewals-2026"), 0).await.unwrap();
+        assert_eq!(f.iter().map(|x| x.opted_out).collect::<Vec<_>>(), [true, true, false]);
+        let (_d2, empty) = write_file("opt2.csv", b"phone,campaign\n");
+        import::import_opt_outs(&db.store, &empty, NOW, Box::new(NoProgress)).await.unwrap();
+        assert!(db.store.facts(&phones, Some("renewals-2026"), 0).await.unwrap()[0].opted_out);
+    }
+}
+
+both_backends! {
+    async fn consent_revocations_apply_and_are_never_undone_by_a_later_file(db) {
+        let (_d, granted) = write_file(
+            "c1.csv",
+            b"phone,campaign,kind,granted_at,expires_at,revoked_at\n2122345678,,express_written,2026-01-01,,\n3122345678,,express,2026-01-01,2027-01-01,\n5,,express,2026-01-01,,\n3122345679,,written,2026-01-01,,\n3122345670,,express,someday,,\n",
+        );
+        let r = import::import_consents(&db.store, &granted, Box::new(NoProgress)).await.unwrap();
+        assert_eq!((r.loaded, r.rejected.len()), (2, 3), "{r:?}");
+        let (_d2, revoked) = write_file(
+            "c2.csv",
+            b"phone,campaign,kind,granted_at,expires_at,revoked_at\n2122345678,,express_written,2026-01-01,,2026-06-01\n",
+        );
+        import::import_consents(&db.store, &revoked, Box::new(NoProgress)).await.unwrap();
+        import::import_consents(&db.store, &granted, Box::new(NoProgress)).await.unwrap();
+        let f = db.store.facts(&["+12122345678".to_owned()], None, 0).await.unwrap();
+        assert_eq!(f[0].consents.len(), 1);
+        assert!(f[0].consents[0].revoked_at_ms.is_some(), "a later file un-revoked a consent");
+    }
+}
