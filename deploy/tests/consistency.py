@@ -226,7 +226,17 @@ def sync_rules() -> None:
         "metadata": {"name": "dialer", "labels": {"app.kubernetes.io/name": "dialer"}},
         "spec": {"groups": rules["groups"]},
     }
-    body = yaml.safe_dump(resource, sort_keys=False, width=100, allow_unicode=True)
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        # Multi-line PromQL stays a readable block, as in rules.yml.
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    body = yaml.dump(resource, Dumper=Dumper, sort_keys=False, width=100, allow_unicode=True)
     PROMETHEUS_RULE.write_text(PROMETHEUS_RULE_HEADER + body)
     print(f"wrote {PROMETHEUS_RULE.relative_to(ROOT)}")
 
