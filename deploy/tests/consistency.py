@@ -48,6 +48,8 @@ METRICS = {
     "dialer_webhook_events_total": {"type", "result"},
     "dialer_leases_recovered_total": set(),
 }
+# Labels Prometheus adds to every scraped series.
+TARGET_LABELS = {"instance", "job", "namespace", "pod", "service", "endpoint", "container"}
 HISTOGRAMS = {"dialer_dial_request_duration_seconds", "dialer_rate_limit_wait_seconds"}
 
 # The brief's alert list: each must exist in rules.yml (names are ours).
@@ -206,11 +208,17 @@ def check_expr_metrics(where: str, expr: str) -> set[str]:
         if base in HISTOGRAMS and name == base:
             fail(f"{where}: histogram `{name}` must be queried as _bucket, _sum or _count")
         used.add(base)
-        # Label matchers and `by (...)` clauses must use the metric's own labels.
+        # Label matchers must use the metric's own labels.
         for selector in re.findall(rf"\b{re.escape(name)}\{{([^}}]*)\}}", expr):
             for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", selector):
-                if label not in METRICS[base] | {"instance", "job"}:
+                if label not in METRICS[base] | TARGET_LABELS:
                     fail(f"{where}: `{name}` has no label `{label}`")
+    # Grouping and matching clauses may only name labels of the metrics used.
+    known = set().union(*(METRICS[m] for m in used)) | TARGET_LABELS
+    for clause in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
+        for label in re.findall(r"[a-zA-Z_][a-zA-Z0-9_]*", clause):
+            if label not in known:
+                fail(f"{where}: grouping label `{label}` belongs to none of {sorted(used)}")
     return used
 
 
@@ -450,6 +458,21 @@ def check_dashboard() -> None:
     missing = set(METRICS) - used
     if missing:
         fail(f"dashboard has no panel for {sorted(missing)}")
+    # Panels must not overlap on Grafana's 24-column grid.
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard.get("panels", []):
+        g = panel["gridPos"]
+        if g["x"] + g["w"] > 24:
+            fail(f"dashboard panel {panel['title']!r} is wider than the grid")
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                if (x, y) in cells:
+                    fail(f"dashboard panels {panel['title']!r} and {cells[(x, y)]!r} overlap")
+                    break
+                cells[(x, y)] = panel["title"]
+            else:
+                continue
+            break
 
 
 def check_crds(docs: list[dict]) -> None:
