@@ -4,5 +4,6 @@
 //! `revdesk` and `http` are the edges; `worker` wires them together.
 
 pub mod clock;
+pub mod compliance;
 pub mod phone;
 pub mod revdesk;
