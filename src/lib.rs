@@ -6,6 +6,7 @@
 pub mod campaign;
 pub mod cli;
 pub mod clock;
+pub mod compliance;
 pub mod config;
 pub mod import;
 pub mod phone;
