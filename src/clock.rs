@@ -10,7 +10,10 @@ pub struct Clock(Arc<Inner>);
 
 enum Inner {
     System,
-    Offset { start: DateTime<Utc>, origin: Instant },
+    Offset {
+        start: DateTime<Utc>,
+        origin: Instant,
+    },
 }
 
 impl Clock {
@@ -20,7 +23,10 @@ impl Clock {
 
     /// A clock that reads `start` now and advances with real time.
     pub fn starting_at(start: DateTime<Utc>) -> Clock {
-        Clock(Arc::new(Inner::Offset { start, origin: Instant::now() }))
+        Clock(Arc::new(Inner::Offset {
+            start,
+            origin: Instant::now(),
+        }))
     }
 
     pub fn now(&self) -> DateTime<Utc> {

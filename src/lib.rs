@@ -6,3 +6,4 @@
 pub mod clock;
 pub mod phone;
 pub mod revdesk;
+pub mod simulator;

@@ -1,1 +1,2 @@
 //! The one integration-test binary: every module below shares it.
+mod vendor;
