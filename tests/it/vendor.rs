@@ -539,8 +539,8 @@ async fn the_request_rate_cap_answers_rate_limited_with_a_retry_after() {
     .expect("start");
     let client = client(&sim);
     accepted(client.dial("k1", &body("+14155551234")).await);
-    let (status, code, category, retry_after) =
-        api(&client.dial("k2", &body("+14155551235")).await);
+    let refused = client.dial("k2", &body("+14155551235")).await;
+    let (status, code, category, retry_after) = api(&refused);
     assert_eq!(
         (status, code, category),
         (429, "rate_limited", Some("account_limit"))
