@@ -11,4 +11,5 @@ pub mod config;
 pub mod import;
 pub mod phone;
 pub mod revdesk;
+pub mod simulator;
 pub mod store;

@@ -232,8 +232,18 @@ pub enum Reservation {
     },
 }
 
+/// Which condition the job part of an update requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The worker still holds the job's lease.
+    Lease(String),
+    /// The job still awaits the outcome of this attempt (webhooks, reconciliation).
+    Awaiting(i64),
+}
+
 /// The change one decision makes to a job and its current attempt, applied in one
-/// transaction.
+/// transaction. An attempt moving from `reserved` to placed or possibly placed
+/// counts once toward `max_attempts`; `possibly_placed` never goes back.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobUpdate {
     /// New job status (`queued`, `awaiting_outcome`, `done`, `dropped`, `exhausted`).
@@ -243,8 +253,6 @@ pub struct JobUpdate {
     pub reason_source: Option<&'static str>,
     pub last_code: Option<String>,
     pub last_category: Option<String>,
-    /// Count one attempt toward `max_attempts` (first time it is (possibly) placed).
-    pub count_attempt: bool,
     pub provider_retries: CounterChange,
     pub provider_requeues: CounterChange,
     pub vendor_refusals: CounterChange,

@@ -1,0 +1,635 @@
+//! Queue, lease, attempt, pause/halt and inbox SQL shared by both backends
+//! (instantiated per database by [`worker_sql!`]). `$lock_number` is the statement
+//! that serializes reservations for one number inside a transaction (PostgreSQL:
+//! an advisory lock), or `None` where the caller serializes them (SQLite: one
+//! process, a mutex).
+
+macro_rules! worker_sql {
+    ($DB:ty, $Pool:ty, $Row:ty, $lock_number:expr) => {
+        use crate::store::types::*;
+        use crate::store::Result;
+        use sqlx::{QueryBuilder, Row};
+
+        pub(crate) const JOB_COLS: &str = "id, campaign_id, phone, timezone, state, postal_code, attempts, \
+            provider_retries, provider_requeues, vendor_refusals, current_attempt_id";
+        pub(crate) const ATTEMPT_COLS: &str = "id, job_id, campaign_id, phone, attempt_no, idempotency_key, \
+            request_body, placement, sends, created_at_ms, first_sent_at_ms, call_id, placed_at_ms, outcome_code";
+
+        pub(crate) fn attempt_from_row(r: &$Row) -> Result<AttemptRow> {
+            let placement: String = r.try_get("placement")?;
+            Ok(AttemptRow {
+                id: r.try_get("id")?,
+                job_id: r.try_get("job_id")?,
+                campaign_id: r.try_get("campaign_id")?,
+                phone: r.try_get("phone")?,
+                attempt_no: r.try_get("attempt_no")?,
+                idempotency_key: r.try_get("idempotency_key")?,
+                request_body: r.try_get("request_body")?,
+                placement: Placement::parse(&placement),
+                sends: r.try_get("sends")?,
+                created_at_ms: r.try_get("created_at_ms")?,
+                first_sent_at_ms: r.try_get("first_sent_at_ms")?,
+                call_id: r.try_get("call_id")?,
+                placed_at_ms: r.try_get("placed_at_ms")?,
+                outcome_code: r.try_get("outcome_code")?,
+            })
+        }
+
+        /// Job rows plus their current attempts (one extra query for the batch).
+        pub(crate) async fn jobs_with_attempts(pool: &$Pool, rows: &[$Row]) -> Result<Vec<ClaimedJob>> {
+            let mut jobs = Vec::with_capacity(rows.len());
+            let mut attempt_ids = Vec::new();
+            for r in rows {
+                let current: Option<i64> = r.try_get("current_attempt_id")?;
+                attempt_ids.extend(current);
+                jobs.push((
+                    ClaimedJob {
+                        id: r.try_get("id")?,
+                        campaign_id: r.try_get("campaign_id")?,
+                        phone: r.try_get("phone")?,
+                        timezone: r.try_get("timezone")?,
+                        state: r.try_get("state")?,
+                        postal_code: r.try_get("postal_code")?,
+                        attempts: r.try_get("attempts")?,
+                        provider_retries: r.try_get("provider_retries")?,
+                        provider_requeues: r.try_get("provider_requeues")?,
+                        vendor_refusals: r.try_get("vendor_refusals")?,
+                        current_attempt: None,
+                        recovered: false,
+                    },
+                    current,
+                ));
+            }
+            if !attempt_ids.is_empty() {
+                let mut qb = QueryBuilder::<$DB>::new(format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id IN ("));
+                let mut sep = qb.separated(", ");
+                for a in &attempt_ids {
+                    sep.push_bind(*a);
+                }
+                qb.push(")");
+                let attempts: Vec<AttemptRow> =
+                    qb.build().fetch_all(pool).await?.iter().map(attempt_from_row).collect::<Result<_>>()?;
+                for (job, current) in jobs.iter_mut() {
+                    if let Some(id) = current {
+                        job.current_attempt = attempts.iter().find(|a| a.id == *id).cloned();
+                    }
+                }
+            }
+            Ok(jobs.into_iter().map(|(j, _)| j).collect())
+        }
+
+        pub(crate) async fn job(pool: &$Pool, id: i64) -> Result<Option<ClaimedJob>> {
+            let sql = format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1");
+            let rows = sqlx::query(&sql).bind(id).fetch_all(pool).await?;
+            Ok(jobs_with_attempts(pool, &rows).await?.into_iter().next())
+        }
+
+        pub(crate) async fn register_worker(pool: &$Pool, id: &str, hostname: &str, now_ms: i64) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO workers (id, hostname, started_at_ms, heartbeat_ms) VALUES ($1, $2, $3, $3) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+            )
+            .bind(id)
+            .bind(hostname)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        /// `db_now_ms`: the database clock (PostgreSQL) or the process clock (SQLite).
+        pub(crate) async fn heartbeat(pool: &$Pool, id: &str, lease_ms: i64, db_now_ms: i64) -> Result<()> {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE workers SET heartbeat_ms = $2 WHERE id = $1")
+                .bind(id)
+                .bind(db_now_ms)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE jobs SET lease_expires_ms = $2 WHERE lease_owner = $1 AND status IN ('running', 'dialing')",
+            )
+            .bind(id)
+            .bind(db_now_ms + lease_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        pub(crate) async fn live_workers(pool: &$Pool, since_ms: i64) -> Result<Vec<String>> {
+            Ok(sqlx::query_scalar("SELECT id FROM workers WHERE heartbeat_ms >= $1 ORDER BY id")
+                .bind(since_ms)
+                .fetch_all(pool)
+                .await?)
+        }
+
+        pub(crate) async fn deregister_worker(pool: &$Pool, id: &str) -> Result<()> {
+            sqlx::query("DELETE FROM workers WHERE id = $1").bind(id).execute(pool).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn set_worker_halt(pool: &$Pool, id: &str, reason: Option<&str>) -> Result<()> {
+            sqlx::query("UPDATE workers SET dialing_halted_reason = $2 WHERE id = $1")
+                .bind(id)
+                .bind(reason)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        /// Expired leases back to the queue. A job whose attempt was sent is now
+        /// ambiguous: the attempt becomes possibly placed (counted once) and keeps
+        /// its key for the next worker.
+        pub(crate) async fn recover_expired_leases(pool: &$Pool, db_now_ms: i64, now_ms: i64) -> Result<u64> {
+            let mut tx = pool.begin().await?;
+            let expired: Vec<(i64, Option<i64>)> = sqlx::query_as(
+                "SELECT id, current_attempt_id FROM jobs WHERE status IN ('running', 'dialing') AND lease_expires_ms < $1",
+            )
+            .bind(db_now_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut recovered = 0;
+            for (job_id, attempt) in expired {
+                let n = sqlx::query(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL, updated_at_ms = $2 \
+                     WHERE id = $1 AND status IN ('running', 'dialing') AND lease_expires_ms < $3",
+                )
+                .bind(job_id)
+                .bind(now_ms)
+                .bind(db_now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                recovered += n;
+                if let (1, Some(a)) = (n, attempt) {
+                    let moved = sqlx::query(
+                        "UPDATE attempts SET placement = 'possibly_placed' WHERE id = $1 AND placement = 'reserved' AND sends > 0",
+                    )
+                    .bind(a)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 1 {
+                        sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1")
+                            .bind(job_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(recovered)
+        }
+
+        pub(crate) async fn release(pool: &$Pool, job_id: i64, owner: &str, now_ms: i64) -> Result<()> {
+            let mut tx = pool.begin().await?;
+            let row: Option<(String, Option<i64>)> =
+                sqlx::query_as("SELECT status, current_attempt_id FROM jobs WHERE id = $1 AND lease_owner = $2")
+                    .bind(job_id)
+                    .bind(owner)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some((status, attempt)) = row {
+                if let (true, Some(a)) = (status == "dialing", attempt) {
+                    // The request was sent and no answer was taken: ambiguous.
+                    let moved = sqlx::query(
+                        "UPDATE attempts SET placement = 'possibly_placed' WHERE id = $1 AND placement = 'reserved' AND sends > 0",
+                    )
+                    .bind(a)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 1 {
+                        sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1")
+                            .bind(job_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                sqlx::query(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL, updated_at_ms = $3 \
+                     WHERE id = $1 AND lease_owner = $2",
+                )
+                .bind(job_id)
+                .bind(owner)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// Epoch-ms times of the number's counted calls since `since_ms`, oldest first.
+        async fn counted_calls(conn: &mut <$DB as sqlx::Database>::Connection, phone: &str, since_ms: i64) -> Result<Vec<i64>> {
+            Ok(sqlx::query_scalar(
+                "SELECT created_at_ms FROM attempts WHERE phone = $1 AND placement <> 'not_placed' AND created_at_ms > $2 \
+                 ORDER BY created_at_ms",
+            )
+            .bind(phone)
+            .bind(since_ms)
+            .fetch_all(&mut *conn)
+            .await?)
+        }
+
+        /// When the caps allow one more call: `None` if now, else the instant the
+        /// oldest blocking call leaves its window.
+        pub(crate) fn cap_retry_at(times: &[i64], caps: &[(u32, i64)], now_ms: i64) -> Option<i64> {
+            let mut retry: Option<i64> = None;
+            for &(calls, per) in caps {
+                let in_window: Vec<i64> = times.iter().copied().filter(|t| *t > now_ms - per).collect();
+                if in_window.len() >= calls as usize {
+                    let leaving = in_window[in_window.len() - calls as usize] + per;
+                    retry = Some(retry.map_or(leaving, |r| r.max(leaving)));
+                }
+            }
+            retry
+        }
+
+        pub(crate) async fn reserve_attempt(
+            pool: &$Pool,
+            job: &ClaimedJob,
+            key: &str,
+            body: &str,
+            caps: &[(u32, i64)],
+            now_ms: i64,
+        ) -> Result<Reservation> {
+            let mut tx = pool.begin().await?;
+            let lock: Option<&str> = $lock_number;
+            if let Some(lock) = lock {
+                sqlx::query(lock).bind(&job.phone).execute(&mut *tx).await?;
+            }
+            let longest = caps.iter().map(|c| c.1).max().unwrap_or(0);
+            if longest > 0 {
+                let times = counted_calls(&mut tx, &job.phone, now_ms - longest).await?;
+                if let Some(retry_at_ms) = cap_retry_at(&times, caps, now_ms) {
+                    tx.rollback().await?;
+                    return Ok(Reservation::CapReached { retry_at_ms });
+                }
+            }
+            let attempt_no: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE job_id = $1")
+                .bind(job.id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let sql = format!(
+                "INSERT INTO attempts (job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, placement, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'reserved', $7) RETURNING {ATTEMPT_COLS}"
+            );
+            let row = sqlx::query(&sql)
+                .bind(job.id)
+                .bind(job.campaign_id)
+                .bind(&job.phone)
+                .bind(attempt_no as i32 + 1)
+                .bind(key)
+                .bind(body)
+                .bind(now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+            let attempt = attempt_from_row(&row)?;
+            sqlx::query("UPDATE jobs SET current_attempt_id = $2 WHERE id = $1")
+                .bind(job.id)
+                .bind(attempt.id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Reservation::Reserved(attempt))
+        }
+
+        pub(crate) async fn mark_sending(pool: &$Pool, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()> {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "UPDATE attempts SET sends = sends + 1, first_sent_at_ms = COALESCE(first_sent_at_ms, $2), \
+                 last_sent_at_ms = $2 WHERE id = $1",
+            )
+            .bind(attempt_id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET status = 'dialing', updated_at_ms = $2 WHERE id = $1")
+                .bind(job_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        fn counter(c: CounterChange) -> i32 {
+            match c {
+                CounterChange::Keep => 0,
+                CounterChange::Increment => 1,
+                CounterChange::Reset => 2,
+            }
+        }
+
+        pub(crate) async fn update_job(pool: &$Pool, job_id: i64, guard: &Guard, u: &JobUpdate, now_ms: i64) -> Result<bool> {
+            let mut tx = pool.begin().await?;
+            if let Some(a) = &u.attempt {
+                match a.placement {
+                    Some(Placement::Placed) | Some(Placement::PossiblyPlaced) => {
+                        let p = a.placement.map(Placement::as_str).unwrap_or("placed");
+                        let first = sqlx::query("UPDATE attempts SET placement = $2 WHERE id = $1 AND placement = 'reserved'")
+                            .bind(a.id)
+                            .bind(p)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        if first == 1 {
+                            // The first time this attempt is (possibly) placed: it counts
+                            // once toward max_attempts (SPEC section 7).
+                            sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1")
+                                .bind(job_id)
+                                .execute(&mut *tx)
+                                .await?;
+                        } else if a.placement == Some(Placement::Placed) {
+                            sqlx::query(
+                                "UPDATE attempts SET placement = 'placed' WHERE id = $1 AND placement = 'possibly_placed'",
+                            )
+                            .bind(a.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                    // Only an attempt that was never ambiguous can become "not placed".
+                    Some(Placement::NotPlaced) => {
+                        sqlx::query("UPDATE attempts SET placement = 'not_placed' WHERE id = $1 AND placement = 'reserved'")
+                            .bind(a.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Some(Placement::Reserved) | None => {}
+                }
+                sqlx::query(
+                    "UPDATE attempts SET call_id = COALESCE(call_id, $2), \
+                     placed_at_ms = CASE WHEN $2 IS NOT NULL AND placed_at_ms IS NULL THEN $3 ELSE placed_at_ms END, \
+                     response_status = COALESCE($4, response_status), response_code = COALESCE($5, response_code), \
+                     response_category = COALESCE($6, response_category), \
+                     outcome_code = COALESCE(outcome_code, $7), outcome_category = COALESCE(outcome_category, $8), \
+                     outcome_source = COALESCE(outcome_source, $9), \
+                     outcome_at_ms = CASE WHEN $7 IS NOT NULL AND outcome_at_ms IS NULL THEN $3 ELSE outcome_at_ms END \
+                     WHERE id = $1",
+                )
+                .bind(a.id)
+                .bind(a.call_id.as_deref())
+                .bind(now_ms)
+                .bind(a.response_status)
+                .bind(a.response_code.as_deref())
+                .bind(a.response_category.as_deref())
+                .bind(a.outcome_code.as_deref())
+                .bind(a.outcome_category.as_deref())
+                .bind(a.outcome_source)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let set = "SET status = $3, due_at_ms = COALESCE($4, due_at_ms), reason = $5, reason_source = $6, \
+                 last_code = COALESCE($7, last_code), last_category = COALESCE($8, last_category), \
+                 provider_retries = CASE $9 WHEN 0 THEN provider_retries WHEN 1 THEN provider_retries + 1 ELSE 0 END, \
+                 provider_requeues = CASE $10 WHEN 0 THEN provider_requeues WHEN 1 THEN provider_requeues + 1 ELSE 0 END, \
+                 vendor_refusals = CASE $11 WHEN 0 THEN vendor_refusals WHEN 1 THEN vendor_refusals + 1 ELSE 0 END, \
+                 current_attempt_id = CASE WHEN $12 THEN NULL ELSE current_attempt_id END, \
+                 lease_owner = CASE WHEN $3 IN ('running', 'dialing') THEN lease_owner ELSE NULL END, \
+                 lease_expires_ms = CASE WHEN $3 IN ('running', 'dialing') THEN lease_expires_ms ELSE NULL END, \
+                 updated_at_ms = $13";
+            let (sql, guard_value): (String, String) = match guard {
+                Guard::Lease(owner) => (format!("UPDATE jobs {set} WHERE id = $1 AND lease_owner = $2"), owner.clone()),
+                Guard::Awaiting(attempt) => (
+                    format!(
+                        "UPDATE jobs {set} WHERE id = $1 AND status = 'awaiting_outcome' \
+                         AND CAST(current_attempt_id AS TEXT) = $2"
+                    ),
+                    attempt.to_string(),
+                ),
+            };
+            let applied = sqlx::query(&sql)
+                .bind(job_id)
+                .bind(guard_value)
+                .bind(u.status)
+                .bind(u.due_at_ms)
+                .bind(u.reason.as_deref())
+                .bind(u.reason_source)
+                .bind(u.last_code.as_deref())
+                .bind(u.last_category.as_deref())
+                .bind(counter(u.provider_retries))
+                .bind(counter(u.provider_requeues))
+                .bind(counter(u.vendor_refusals))
+                .bind(u.clear_current_attempt)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            tx.commit().await?;
+            Ok(applied)
+        }
+
+        pub(crate) async fn insert_audit(pool: &$Pool, rows: &[AuditRecord]) -> Result<()> {
+            for chunk in rows.chunks(500) {
+                let mut qb = QueryBuilder::<$DB>::new(
+                    "INSERT INTO audit (job_id, campaign_id, phone, at_ms, stage, verdict, rule, reason, zones, states, \
+                     local_times, next_allowed_ms) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.job_id)
+                        .push_bind(r.campaign_id)
+                        .push_bind(r.phone.clone())
+                        .push_bind(r.at_ms)
+                        .push_bind(r.stage)
+                        .push_bind(r.verdict.clone())
+                        .push_bind(r.rule.clone())
+                        .push_bind(r.reason.clone())
+                        .push_bind(r.zones.clone())
+                        .push_bind(r.states.clone())
+                        .push_bind(r.local_times.clone())
+                        .push_bind(r.next_allowed_ms);
+                });
+                qb.build().execute(pool).await?;
+            }
+            Ok(())
+        }
+
+        pub(crate) async fn requeue_dropped(pool: &$Pool, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
+            Ok(sqlx::query(
+                "UPDATE jobs SET status = 'queued', due_at_ms = $3, reason = NULL, reason_source = NULL, \
+                 provider_retries = 0, provider_requeues = 0, vendor_refusals = 0, current_attempt_id = NULL, \
+                 updated_at_ms = $3 WHERE campaign_id = $1 AND status = 'dropped' AND reason = $2",
+            )
+            .bind(campaign_id)
+            .bind(reason)
+            .bind(now_ms)
+            .execute(pool)
+            .await?
+            .rows_affected())
+        }
+
+        pub(crate) async fn pause_campaign(pool: &$Pool, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64) -> Result<()> {
+            sqlx::query(
+                "UPDATE campaigns SET auto_pause_count = CASE WHEN auto_pause_reason = $2 OR auto_pause_count > 0 \
+                 THEN auto_pause_count + 1 ELSE 1 END, auto_pause_reason = $2, auto_paused_until_ms = $3, \
+                 probe_job_id = NULL, updated_at_ms = $4 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(reason)
+            .bind(until_ms)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn lift_auto_pause(pool: &$Pool, id: i64, now_ms: i64) -> Result<()> {
+            sqlx::query(
+                "UPDATE campaigns SET auto_pause_reason = NULL, auto_paused_until_ms = NULL, probe_job_id = NULL, \
+                 updated_at_ms = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn take_campaign_probes(pool: &$Pool, now_ms: i64, hold_ms: i64) -> Result<Vec<i64>> {
+            Ok(sqlx::query_scalar(
+                "UPDATE campaigns SET auto_paused_until_ms = $2 WHERE auto_pause_reason IS NOT NULL \
+                 AND auto_paused_until_ms IS NOT NULL AND auto_paused_until_ms <= $1 AND NOT operator_paused RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(now_ms + hold_ms)
+            .fetch_all(pool)
+            .await?)
+        }
+
+        pub(crate) async fn account_halt(pool: &$Pool, account: &str) -> Result<Option<AccountHalt>> {
+            let row = sqlx::query(
+                "SELECT account, reason, halted_at_ms, probe_at_ms, halt_count, probe_job_id FROM account_halts WHERE account = $1",
+            )
+            .bind(account)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| {
+                Ok(AccountHalt {
+                    account: r.try_get("account")?,
+                    reason: r.try_get("reason")?,
+                    halted_at_ms: r.try_get("halted_at_ms")?,
+                    probe_at_ms: r.try_get("probe_at_ms")?,
+                    halt_count: r.try_get("halt_count")?,
+                    probe_job_id: r.try_get("probe_job_id")?,
+                })
+            })
+            .transpose()
+        }
+
+        pub(crate) async fn halt_account(pool: &$Pool, account: &str, reason: &str, probe_at_ms: i64, now_ms: i64) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO account_halts (account, reason, halted_at_ms, probe_at_ms, halt_count) VALUES ($1, $2, $4, $3, 1) \
+                 ON CONFLICT (account) DO UPDATE SET reason = excluded.reason, probe_at_ms = excluded.probe_at_ms, \
+                 halt_count = account_halts.halt_count + 1",
+            )
+            .bind(account)
+            .bind(reason)
+            .bind(probe_at_ms)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn lift_account_halt(pool: &$Pool, account: &str) -> Result<()> {
+            sqlx::query("DELETE FROM account_halts WHERE account = $1").bind(account).execute(pool).await?;
+            Ok(())
+        }
+
+        pub(crate) async fn take_account_probe(pool: &$Pool, account: &str, now_ms: i64, hold_ms: i64) -> Result<bool> {
+            Ok(sqlx::query("UPDATE account_halts SET probe_at_ms = $3 WHERE account = $1 AND probe_at_ms <= $2")
+                .bind(account)
+                .bind(now_ms)
+                .bind(now_ms + hold_ms)
+                .execute(pool)
+                .await?
+                .rows_affected()
+                == 1)
+        }
+
+        pub(crate) async fn attempt_by_call_id(pool: &$Pool, call_id: &str) -> Result<Option<AttemptRow>> {
+            let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE call_id = $1");
+            let row = sqlx::query(&sql).bind(call_id).fetch_optional(pool).await?;
+            row.as_ref().map(attempt_from_row).transpose()
+        }
+
+        pub(crate) async fn attempt(pool: &$Pool, id: i64) -> Result<Option<AttemptRow>> {
+            let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = $1");
+            let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+            row.as_ref().map(attempt_from_row).transpose()
+        }
+
+        pub(crate) async fn inbox_insert(pool: &$Pool, e: &InboxEvent, now_ms: i64) -> Result<bool> {
+            Ok(sqlx::query(
+                "INSERT INTO webhook_inbox (event_id, call_id, received_at_ms, body) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&e.event_id)
+            .bind(&e.call_id)
+            .bind(now_ms)
+            .bind(&e.body)
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1)
+        }
+
+        pub(crate) async fn inbox_pending(pool: &$Pool, call_id: &str) -> Result<Vec<InboxEvent>> {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT event_id, call_id, body FROM webhook_inbox WHERE call_id = $1 AND applied_at_ms IS NULL \
+                 ORDER BY received_at_ms",
+            )
+            .bind(call_id)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|(event_id, call_id, body)| InboxEvent { event_id, call_id, body }).collect())
+        }
+
+        pub(crate) async fn inbox_mark_applied(pool: &$Pool, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
+            sqlx::query("UPDATE webhook_inbox SET applied_at_ms = $2, result = $3 WHERE event_id = $1")
+                .bind(event_id)
+                .bind(now_ms)
+                .bind(result)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn unsettled_attempts(pool: &$Pool, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>> {
+            let sql = format!(
+                "SELECT {ATTEMPT_COLS} FROM attempts WHERE placement = 'placed' AND outcome_code IS NULL \
+                 AND placed_at_ms <= $1 ORDER BY placed_at_ms LIMIT $2"
+            );
+            let rows = sqlx::query(&sql).bind(placed_before_ms).bind(limit as i64).fetch_all(pool).await?;
+            rows.iter().map(attempt_from_row).collect()
+        }
+
+        pub(crate) async fn record_outcome_only(
+            pool: &$Pool,
+            attempt_id: i64,
+            code: &str,
+            category: Option<&str>,
+            source: &str,
+            now_ms: i64,
+        ) -> Result<bool> {
+            Ok(sqlx::query(
+                "UPDATE attempts SET outcome_code = $2, outcome_category = $3, outcome_source = $4, outcome_at_ms = $5 \
+                 WHERE id = $1 AND outcome_code IS NULL",
+            )
+            .bind(attempt_id)
+            .bind(code)
+            .bind(category)
+            .bind(source)
+            .bind(now_ms)
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1)
+        }
+    };
+}
+
+pub(crate) use worker_sql;
