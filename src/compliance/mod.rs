@@ -42,6 +42,34 @@ pub enum CallType {
     Live,
 }
 
+impl CallType {
+    /// `artificial_voice` or `live` (the campaign file's `call_type`).
+    pub fn parse(s: &str) -> Option<CallType> {
+        match s {
+            "artificial_voice" => Some(CallType::ArtificialVoice),
+            "live" => Some(CallType::Live),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallType::ArtificialVoice => "artificial_voice",
+            CallType::Live => "live",
+        }
+    }
+
+    /// SPEC.md section 6: a campaign that does not set `require_consent` needs
+    /// `express_written` for artificial-voice calls (47 CFR 64.1200(a)(2)-(3)) and
+    /// none for live ones.
+    pub fn default_consent(self) -> Option<ConsentKind> {
+        match self {
+            CallType::ArtificialVoice => Some(ConsentKind::ExpressWritten),
+            CallType::Live => None,
+        }
+    }
+}
+
 /// A kind of prior consent. `ExpressWritten` also satisfies `Express`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConsentKind {
@@ -55,6 +83,15 @@ impl ConsentKind {
         match (self, required) {
             (ConsentKind::ExpressWritten, _) | (ConsentKind::Express, ConsentKind::Express) => true,
             (ConsentKind::Express, ConsentKind::ExpressWritten) => false,
+        }
+    }
+
+    /// `express` or `express_written` (the consents file's `kind`).
+    pub fn parse(s: &str) -> Option<ConsentKind> {
+        match s {
+            "express" => Some(ConsentKind::Express),
+            "express_written" => Some(ConsentKind::ExpressWritten),
+            _ => None,
         }
     }
 

@@ -1371,3 +1371,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn names_round_trip_for_stored_verdicts_and_campaign_files() {
+    for r in Rule::ALL {
+        assert_eq!(Rule::parse(r.as_str()), Some(r));
+    }
+    assert_eq!(CallType::parse("live"), Some(CallType::Live));
+    assert_eq!(
+        CallType::ArtificialVoice.default_consent(),
+        Some(ConsentKind::ExpressWritten)
+    );
+    assert_eq!(CallType::Live.default_consent(), None);
+    assert_eq!(
+        ConsentKind::parse("express_written"),
+        Some(ConsentKind::ExpressWritten)
+    );
+    assert_eq!(ConsentKind::parse("written"), None);
+}

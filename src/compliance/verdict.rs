@@ -34,6 +34,11 @@ impl Rule {
         }
     }
 
+    /// The rule with this SPEC name (for reading stored verdicts back).
+    pub fn parse(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub const ALL: [Rule; 8] = [
         Rule::InvalidNumber,
         Rule::DestinationBlocked,
