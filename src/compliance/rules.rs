@@ -521,8 +521,10 @@ pub fn build(
     known_state: impl Fn(&str) -> bool,
 ) -> Result<(Vec<StateRule>, Vec<Blackout>), RulesError> {
     let mut rules = builtin_rules();
-    for (code, o) in &cfg.states {
-        let key = format!("states.{code}");
+    for (raw_code, o) in &cfg.states {
+        // Layered configuration may lowercase keys: state codes are upper case.
+        let code = &raw_code.to_ascii_uppercase();
+        let key = format!("states.{raw_code}");
         if !known_state(code) {
             return Err(invalid(&key, "unknown state or province code"));
         }
@@ -606,7 +608,8 @@ pub fn build(
         if b.state.is_none() && b.area_codes.is_empty() && b.postal_codes.is_empty() {
             return Err(invalid(&key, "needs a state, area_codes or postal_codes"));
         }
-        if let Some(s) = &b.state {
+        let state = b.state.as_ref().map(|s| s.to_ascii_uppercase());
+        if let Some(s) = &state {
             if !known_state(s) {
                 return Err(invalid(
                     format!("{key}.state"),
@@ -624,7 +627,7 @@ pub fn build(
             return Err(invalid(&key, "start must be before end"));
         }
         blackouts.push(Blackout {
-            state: b.state.clone(),
+            state,
             area_codes: b.area_codes.clone(),
             postal_codes: b
                 .postal_codes

@@ -1389,3 +1389,26 @@ fn names_round_trip_for_stored_verdicts_and_campaign_files() {
     );
     assert_eq!(ConsentKind::parse("written"), None);
 }
+
+#[test]
+fn lowercased_config_keys_still_name_the_state() {
+    let cfg: RulesConfig = toml::from_str(
+        "[states.fl]\nhours = { start = \"09:00\", end = \"19:00\" }\n[[blackouts]]\nstate = \"la\"\nstart = \"2026-08-28T00:00:00Z\"\nend = \"2026-09-02T00:00:00Z\"\n",
+    )
+    .unwrap();
+    let e = Engine::new(&cfg).unwrap();
+    let ny = America__New_York;
+    let fl = e.recipient(&phone(FL), None, None, None);
+    requeued(
+        &e.evaluate_time(&fl, &live(), at(ny, "2026-07-15 19:00")),
+        Rule::CallingWindow,
+        ny,
+        "2026-07-16 09:00",
+    );
+    let la = e.recipient(&phone(LA), None, None, None);
+    assert_eq!(
+        e.evaluate_time(&la, &live(), at(ny, "2026-08-28 12:00"))
+            .rule(),
+        Some(Rule::CallingDay)
+    );
+}
