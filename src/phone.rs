@@ -227,7 +227,11 @@ fn body_national(s: &[u8]) -> Option<u64> {
     if !digits.iter().all(u8::is_ascii_digit) || !(b'2'..=b'9').contains(&digits[0]) {
         return None;
     }
-    Some(digits.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')))
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0')),
+    )
 }
 
 /// 8,000,000 blocks (NPA 200..999 x NXX-X), two bits each: known, valid. Filled
@@ -304,7 +308,10 @@ mod tests {
     #[test]
     fn the_crate_alone_parses_911_without_error_which_is_why_digits_come_first() {
         let p = phonenumber::parse(Some(phonenumber::country::Id::US), "911").unwrap();
-        assert_eq!(p.format().mode(phonenumber::Mode::E164).to_string(), "+1911");
+        assert_eq!(
+            p.format().mode(phonenumber::Mode::E164).to_string(),
+            "+1911"
+        );
     }
 
     #[test]
@@ -331,7 +338,11 @@ mod tests {
             "1-312-555-1212",
             "+12135551212",
         ] {
-            assert_eq!(PhoneNumber::parse(s).unwrap_err().reason(), "destination_blocked", "{s}");
+            assert_eq!(
+                PhoneNumber::parse(s).unwrap_err().reason(),
+                "destination_blocked",
+                "{s}"
+            );
         }
         // The neighbours of the reserved range are ordinary numbers.
         assert!(PhoneNumber::parse("+1 202 555 0200").is_ok());
@@ -353,8 +364,19 @@ mod tests {
 
     #[test]
     fn invalid_numbers_are_invalid() {
-        for s in ["", "abc", "12345", "+1 123 456 7890", "202555012", "+1 202 055 1234"] {
-            assert_eq!(PhoneNumber::parse(s).unwrap_err().reason(), "invalid_number", "{s:?}");
+        for s in [
+            "",
+            "abc",
+            "12345",
+            "+1 123 456 7890",
+            "202555012",
+            "+1 202 055 1234",
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(s).unwrap_err().reason(),
+                "invalid_number",
+                "{s:?}"
+            );
         }
     }
 
@@ -370,7 +392,11 @@ mod tests {
             "+1 202 555 0234",
             "1 (202) 555-0234",
         ] {
-            assert_eq!(PhoneNumber::parse(s).unwrap().as_str(), "+12025550234", "{s}");
+            assert_eq!(
+                PhoneNumber::parse(s).unwrap().as_str(),
+                "+12025550234",
+                "{s}"
+            );
         }
     }
 

@@ -49,8 +49,17 @@ const FIRST_YEAR: i32 = 2000;
 const LAST_YEAR: i32 = 2100;
 
 impl Calendar {
-    pub fn new(name: &'static str, rules: Vec<(HolidayRule, &'static str)>, weekdays_only: bool) -> Calendar {
-        let mut cal = Calendar { name, rules, weekdays_only, table: Vec::new() };
+    pub fn new(
+        name: &'static str,
+        rules: Vec<(HolidayRule, &'static str)>,
+        weekdays_only: bool,
+    ) -> Calendar {
+        let mut cal = Calendar {
+            name,
+            rules,
+            weekdays_only,
+            table: Vec::new(),
+        };
         let mut table: Vec<NaiveDate> = (FIRST_YEAR..=LAST_YEAR)
             .flat_map(|y| cal.dates_of_year(y).into_iter().map(|(d, _)| d))
             .collect();
@@ -88,10 +97,14 @@ impl Calendar {
         for &(rule, name) in &self.rules {
             match rule {
                 HolidayRule::Fixed(m, d, observed) => {
-                    let Some(date) = NaiveDate::from_ymd_opt(y, m, d) else { continue };
+                    let Some(date) = NaiveDate::from_ymd_opt(y, m, d) else {
+                        continue;
+                    };
                     out.push((date, name));
                     match (date.weekday(), observed) {
-                        (Weekday::Sat, Observed::FridayOrMonday) => out.push((date - Days::new(1), name)),
+                        (Weekday::Sat, Observed::FridayOrMonday) => {
+                            out.push((date - Days::new(1), name))
+                        }
                         (Weekday::Sat, Observed::MondayAndFederal) => {
                             out.push((date - Days::new(1), name));
                             out.push((date + Days::new(2), name));
@@ -127,7 +140,9 @@ impl Calendar {
                     if even_years_only && y % 2 != 0 {
                         continue;
                     }
-                    if let Some(first_monday) = NaiveDate::from_weekday_of_month_opt(y, 11, Weekday::Mon, 1) {
+                    if let Some(first_monday) =
+                        NaiveDate::from_weekday_of_month_opt(y, 11, Weekday::Mon, 1)
+                    {
                         out.push((first_monday + Days::new(1), name));
                     }
                 }
@@ -226,7 +241,12 @@ pub fn rhode_island() -> Calendar {
             (Nth(8, Mon, 2), "Victory Day"),
             (Nth(9, Mon, 1), "Labor Day"),
             (Nth(10, Mon, 2), "Columbus Day / Indigenous Peoples' Day"),
-            (ElectionDay { even_years_only: true }, "General Election Day"),
+            (
+                ElectionDay {
+                    even_years_only: true,
+                },
+                "General Election Day",
+            ),
             (Fixed(11, 11, MondayAndFederal), "Veterans Day"),
             (Nth(11, Thu, 4), "Thanksgiving Day"),
             (Fixed(12, 25, MondayAndFederal), "Christmas Day"),
@@ -249,7 +269,12 @@ pub fn pennsylvania() -> Calendar {
             (Fixed(7, 4, Default), "Independence Day"),
             (Nth(9, Mon, 1), "Labor Day"),
             (Nth(10, Mon, 2), "Columbus Day"),
-            (ElectionDay { even_years_only: false }, "Election Day"),
+            (
+                ElectionDay {
+                    even_years_only: false,
+                },
+                "Election Day",
+            ),
             (Fixed(11, 11, Default), "Veterans' Day"),
             (Nth(11, Thu, 4), "Thanksgiving Day"),
             (Fixed(12, 25, Default), "Christmas Day"),

@@ -18,8 +18,8 @@ pub mod zones;
 mod tests;
 
 pub use rules::{
-    AppliesTo, Blackout, BlackoutConfig, Cap, CapConfig, RulesConfig, RulesError, Scope, StateOverride, StateRule,
-    WindowConfig,
+    AppliesTo, Blackout, BlackoutConfig, Cap, CapConfig, RulesConfig, RulesError, Scope,
+    StateOverride, StateRule, WindowConfig,
 };
 pub use verdict::{Outcome, Rule, SCRUB_CSV_HEADER, Verdict, explain_text};
 
@@ -42,6 +42,34 @@ pub enum CallType {
     Live,
 }
 
+impl CallType {
+    /// `artificial_voice` or `live` (the campaign file's `call_type`).
+    pub fn parse(s: &str) -> Option<CallType> {
+        match s {
+            "artificial_voice" => Some(CallType::ArtificialVoice),
+            "live" => Some(CallType::Live),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallType::ArtificialVoice => "artificial_voice",
+            CallType::Live => "live",
+        }
+    }
+
+    /// SPEC.md section 6: a campaign that does not set `require_consent` needs
+    /// `express_written` for artificial-voice calls (47 CFR 64.1200(a)(2)-(3)) and
+    /// none for live ones.
+    pub fn default_consent(self) -> Option<ConsentKind> {
+        match self {
+            CallType::ArtificialVoice => Some(ConsentKind::ExpressWritten),
+            CallType::Live => None,
+        }
+    }
+}
+
 /// A kind of prior consent. `ExpressWritten` also satisfies `Express`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConsentKind {
@@ -55,6 +83,15 @@ impl ConsentKind {
         match (self, required) {
             (ConsentKind::ExpressWritten, _) | (ConsentKind::Express, ConsentKind::Express) => true,
             (ConsentKind::Express, ConsentKind::ExpressWritten) => false,
+        }
+    }
+
+    /// `express` or `express_written` (the consents file's `kind`).
+    pub fn parse(s: &str) -> Option<ConsentKind> {
+        match s {
+            "express" => Some(ConsentKind::Express),
+            "express_written" => Some(ConsentKind::ExpressWritten),
+            _ => None,
         }
     }
 
@@ -126,7 +163,11 @@ impl Policy {
 
     fn window_minutes(&self) -> (Minutes, Minutes) {
         let m = |t: NaiveTime| (t.hour() * 60 + t.minute()) as Minutes;
-        let close = if self.window_end == NaiveTime::MIN { 24 * 60 } else { m(self.window_end) };
+        let close = if self.window_end == NaiveTime::MIN {
+            24 * 60
+        } else {
+            m(self.window_end)
+        };
         (m(self.window_start), close)
     }
 }
@@ -183,8 +224,17 @@ struct Plan {
 #[derive(Debug, Clone, Copy)]
 enum Block {
     Blackout(u16),
-    Day { check: Check, date: NaiveDate, src: Src, holiday: Option<&'static str> },
-    Window { check: Check, local: NaiveTime, plan: Plan },
+    Day {
+        check: Check,
+        date: NaiveDate,
+        src: Src,
+        holiday: Option<&'static str>,
+    },
+    Window {
+        check: Check,
+        local: NaiveTime,
+        plan: Plan,
+    },
 }
 
 impl Block {
@@ -201,11 +251,13 @@ fn fmt_minutes(m: Minutes) -> String {
 }
 
 fn ceil_minute(t: DateTime<Utc>) -> DateTime<Utc> {
-    let rem = t.timestamp().rem_euclid(60) as i64;
+    let rem = t.timestamp().rem_euclid(60);
     if rem == 0 && t.timestamp_subsec_nanos() == 0 {
         t
     } else {
-        let floor = t - TimeDelta::seconds(rem) - TimeDelta::nanoseconds(i64::from(t.timestamp_subsec_nanos()));
+        let floor = t
+            - TimeDelta::seconds(rem)
+            - TimeDelta::nanoseconds(i64::from(t.timestamp_subsec_nanos()));
         floor + TimeDelta::minutes(1)
     }
 }
@@ -213,7 +265,11 @@ fn ceil_minute(t: DateTime<Utc>) -> DateTime<Utc> {
 impl Engine {
     pub fn new(cfg: &RulesConfig) -> Result<Engine, RulesError> {
         let (rules, blackouts) = rules::build(cfg, |code| TABLES.state(code).is_some())?;
-        Ok(Engine { rules, calendars: rules::builtin_calendars(), blackouts })
+        Ok(Engine {
+            rules,
+            calendars: rules::builtin_calendars(),
+            blackouts,
+        })
     }
 
     /// The rule rows in force (built-in plus configured), for display and tests.
@@ -235,7 +291,7 @@ impl Engine {
     ) -> Recipient {
         let mut zones: Vec<Tz> = Vec::new();
         let mut sources = Vec::new();
-        let mut add = |zones: &mut Vec<Tz>, z: &[Tz]| {
+        let add = |zones: &mut Vec<Tz>, z: &[Tz]| {
             for tz in z {
                 if !zones.contains(tz) {
                     zones.push(*tz);
@@ -248,7 +304,10 @@ impl Engine {
         }
         let mut states: Vec<String> = Vec::new();
         let mut contact_states: Vec<String> = Vec::new();
-        if let Some(s) = state.map(|s| s.trim().to_ascii_uppercase()).filter(|s| !s.is_empty()) {
+        if let Some(s) = state
+            .map(|s| s.trim().to_ascii_uppercase())
+            .filter(|s| !s.is_empty())
+        {
             contact_states.push(s);
         }
         if let Some(p) = postal_code {
@@ -281,10 +340,17 @@ impl Engine {
                 PrefixZones::Geographic(prefix, z) => {
                     add(&mut zones, z);
                     let names: Vec<&str> = z.iter().map(|z| z.name()).collect();
-                    sources.push(format!("{}: the number's prefix +{prefix}", names.join(", ")));
+                    sources.push(format!(
+                        "{}: the number's prefix +{prefix}",
+                        names.join(", ")
+                    ));
                 }
                 PrefixZones::NonGeographic if zones.is_empty() => {
-                    let all = if canada { TABLES.ca_all() } else { TABLES.us_all() };
+                    let all = if canada {
+                        TABLES.ca_all()
+                    } else {
+                        TABLES.us_all()
+                    };
                     add(&mut zones, all);
                     sources.push(if canada {
                         "every Canadian zone: non-geographic number, nothing else known".into()
@@ -298,7 +364,9 @@ impl Engine {
                 }
             }
         }
-        canada |= states.iter().any(|s| TABLES.state(s).is_some_and(|z| z.country == "CA"));
+        canada |= states
+            .iter()
+            .any(|s| TABLES.state(s).is_some_and(|z| z.country == "CA"));
         let mut rows = Vec::new();
         for (i, r) in self.rules.iter().enumerate() {
             let applies = match &r.scope {
@@ -310,10 +378,16 @@ impl Engine {
                 rows.push(i as u16);
             }
         }
-        let mut checks: Vec<Check> = zones.iter().map(|&tz| Check { tz, only_row: None }).collect();
+        let mut checks: Vec<Check> = zones
+            .iter()
+            .map(|&tz| Check { tz, only_row: None })
+            .collect();
         for &i in &rows {
             if let Some(tz) = self.rules[i as usize].fixed_reading {
-                checks.push(Check { tz, only_row: Some(i) });
+                checks.push(Check {
+                    tz,
+                    only_row: Some(i),
+                });
             }
         }
         let postal = postal_code.map(|p| p.replace(' ', "").to_ascii_uppercase());
@@ -324,17 +398,30 @@ impl Engine {
             .filter(|(_, b)| {
                 b.state.as_ref().is_some_and(|s| states.contains(s))
                     || npa.is_some_and(|n| b.area_codes.contains(&n))
-                    || postal.as_ref().is_some_and(|p| b.postal_codes.iter().any(|bp| p.starts_with(bp.as_str())))
+                    || postal
+                        .as_ref()
+                        .is_some_and(|p| b.postal_codes.iter().any(|bp| p.starts_with(bp.as_str())))
             })
             .map(|(i, _)| i as u16)
             .collect();
-        Recipient { zones, states, canada, npa, zone_sources: sources, rows, checks, blackouts }
+        Recipient {
+            zones,
+            states,
+            canada,
+            npa,
+            zone_sources: sources,
+            rows,
+            checks,
+            blackouts,
+        }
     }
 
     fn row_applies(&self, i: u16, policy: &Policy, date: NaiveDate) -> bool {
         let r = &self.rules[i as usize];
         let by_type = match (r.applies_to, policy.call_type) {
-            (AppliesTo::AllCalls, _) | (AppliesTo::ArtificialVoice, CallType::ArtificialVoice) => true,
+            (AppliesTo::AllCalls, _) | (AppliesTo::ArtificialVoice, CallType::ArtificialVoice) => {
+                true
+            }
             (AppliesTo::ArtificialVoice, CallType::Live) => false,
         };
         by_type && r.in_force(date)
@@ -342,8 +429,14 @@ impl Engine {
 
     fn plan(&self, r: &Recipient, policy: &Policy, check: Check, date: NaiveDate) -> Plan {
         let wd = date.weekday().num_days_from_monday() as usize;
-        let mut p = Plan { day_block: None, open: 0, close: 24 * 60, open_by: Src::Campaign, close_by: Src::Campaign };
-        let mut apply_row = |p: &mut Plan, i: u16| {
+        let mut p = Plan {
+            day_block: None,
+            open: 0,
+            close: 24 * 60,
+            open_by: Src::Campaign,
+            close_by: Src::Campaign,
+        };
+        let apply_row = |p: &mut Plan, i: u16| {
             if !self.row_applies(i, policy, date) {
                 return;
             }
@@ -388,16 +481,31 @@ impl Engine {
         p
     }
 
-    fn check_at(&self, r: &Recipient, policy: &Policy, check: Check, t: DateTime<Utc>) -> Option<Block> {
+    fn check_at(
+        &self,
+        r: &Recipient,
+        policy: &Policy,
+        check: Check,
+        t: DateTime<Utc>,
+    ) -> Option<Block> {
         let local = t.with_timezone(&check.tz);
         let date = local.date_naive();
         let plan = self.plan(r, policy, check, date);
         if let Some((src, holiday)) = plan.day_block {
-            return Some(Block::Day { check, date, src, holiday });
+            return Some(Block::Day {
+                check,
+                date,
+                src,
+                holiday,
+            });
         }
         let secs = local.num_seconds_from_midnight();
         if secs < u32::from(plan.open) * 60 || secs >= u32::from(plan.close) * 60 {
-            return Some(Block::Window { check, local: local.time(), plan });
+            return Some(Block::Window {
+                check,
+                local: local.time(),
+                plan,
+            });
         }
         None
     }
@@ -415,12 +523,8 @@ impl Engine {
         for &c in &r.checks {
             match self.check_at(r, policy, c, t) {
                 Some(day @ Block::Day { .. }) => return Some(day),
-                Some(w) => {
-                    if window.is_none() {
-                        window = Some(w);
-                    }
-                }
-                None => {}
+                Some(w) if window.is_none() => window = Some(w),
+                Some(_) | None => {}
             }
         }
         window
@@ -448,7 +552,11 @@ impl Engine {
             let plan = self.plan(r, policy, check, date);
             if plan.day_block.is_none() && plan.open < plan.close {
                 let open_secs = u32::from(plan.open) * 60;
-                let start_secs = if first { t_secs.max(open_secs) } else { open_secs };
+                let start_secs = if first {
+                    t_secs.max(open_secs)
+                } else {
+                    open_secs
+                };
                 if start_secs < u32::from(plan.close) * 60 {
                     if first && start_secs == t_secs {
                         return Some(t);
@@ -471,7 +579,12 @@ impl Engine {
     /// The earliest instant `>= from` (minute precision) allowed by every time rule,
     /// or `None` if there is none within 14 days (an active blackout extends the
     /// search: it only delays to its end).
-    pub fn next_allowed(&self, r: &Recipient, policy: &Policy, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub fn next_allowed(
+        &self,
+        r: &Recipient,
+        policy: &Policy,
+        from: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         if r.checks.is_empty() {
             return None;
         }
@@ -492,20 +605,34 @@ impl Engine {
                 Some(Block::Day { check, .. } | Block::Window { check, .. }) => {
                     let next = self.next_open(r, policy, check, t, limit)?;
                     // Progress even if a DST gap resolved at or before t.
-                    t = if next > t { next } else { ceil_minute(t + TimeDelta::seconds(1)) };
+                    t = if next > t {
+                        next
+                    } else {
+                        ceil_minute(t + TimeDelta::seconds(1))
+                    };
                 }
             }
         }
         None
     }
 
-    fn base_verdict(&self, r: &Recipient, now: DateTime<Utc>, outcome: Outcome, reason: String) -> Verdict {
+    fn base_verdict(
+        &self,
+        r: &Recipient,
+        now: DateTime<Utc>,
+        outcome: Outcome,
+        reason: String,
+    ) -> Verdict {
         Verdict {
             outcome,
             reason,
             zones: r.zones.clone(),
             states: r.states.clone(),
-            local_times: r.zones.iter().map(|z| (*z, now.with_timezone(z).fixed_offset())).collect(),
+            local_times: r
+                .zones
+                .iter()
+                .map(|z| (*z, now.with_timezone(z).fixed_offset()))
+                .collect(),
             next_allowed_at: match outcome {
                 Outcome::Allow => Some(now),
                 Outcome::Requeue { at, .. } => Some(at),
@@ -517,20 +644,47 @@ impl Engine {
     /// Every rule in SPEC.md section 6 order (the number rules were applied when the
     /// `PhoneNumber` was parsed): DNC, opt-out, consent, calling day, calling window,
     /// frequency cap.
-    pub fn evaluate(&self, r: &Recipient, policy: &Policy, facts: &Facts, now: DateTime<Utc>) -> Verdict {
+    pub fn evaluate(
+        &self,
+        r: &Recipient,
+        policy: &Policy,
+        facts: &Facts,
+        now: DateTime<Utc>,
+    ) -> Verdict {
         if facts.dnc {
-            return self.base_verdict(r, now, Outcome::Drop { rule: Rule::Dnc }, "on a Do-Not-Call list".into());
+            return self.base_verdict(
+                r,
+                now,
+                Outcome::Drop { rule: Rule::Dnc },
+                "on a Do-Not-Call list".into(),
+            );
         }
         if facts.opted_out {
-            return self.base_verdict(r, now, Outcome::Drop { rule: Rule::OptedOut }, "the contact opted out".into());
+            return self.base_verdict(
+                r,
+                now,
+                Outcome::Drop {
+                    rule: Rule::OptedOut,
+                },
+                "the contact opted out".into(),
+            );
         }
         if let Some(kind) = policy.require_consent {
-            if !facts.consents.iter().any(|c| c.kind.satisfies(kind) && c.valid_at(now)) {
+            if !facts
+                .consents
+                .iter()
+                .any(|c| c.kind.satisfies(kind) && c.valid_at(now))
+            {
                 return self.base_verdict(
                     r,
                     now,
-                    Outcome::Drop { rule: Rule::NoConsent },
-                    format!("no {} consent valid now (granted, not expired, not revoked)", kind.as_str()),
+                    Outcome::Drop {
+                        rule: Rule::NoConsent,
+                    },
+                    format!(
+                        "no {} consent valid now (granted, not expired, not revoked)",
+                        kind.as_str()
+                    ),
                 );
             }
         }
@@ -544,14 +698,24 @@ impl Engine {
                 Some(at) => self.base_verdict(
                     r,
                     now,
-                    Outcome::Requeue { rule: Rule::FrequencyCap, at },
-                    format!("{why}; the oldest counted call leaves the window at {}", release.to_rfc3339()),
+                    Outcome::Requeue {
+                        rule: Rule::FrequencyCap,
+                        at,
+                    },
+                    format!(
+                        "{why}; the oldest counted call leaves the window at {}",
+                        release.to_rfc3339()
+                    ),
                 ),
                 None => self.base_verdict(
                     r,
                     now,
-                    Outcome::Drop { rule: Rule::CallingWindow },
-                    format!("{why}; no allowed time within {HORIZON_DAYS} days after the cap clears"),
+                    Outcome::Drop {
+                        rule: Rule::CallingWindow,
+                    },
+                    format!(
+                        "{why}; no allowed time within {HORIZON_DAYS} days after the cap clears"
+                    ),
                 ),
             },
         }
@@ -574,21 +738,54 @@ impl Engine {
             // A cap row counts on any date it is in force around now; UTC date is close
             // enough for the effective-date filter (no capped row has one).
             (self.row_applies(i, policy, today) || self.row_applies(i, policy, today.succ_opt()?))
-                .then(|| row.cap.map(|c| (c, format!("{} cap {}/{} ({})", row.label(), c.calls, humantime::format_duration(c.per), row.source))))
+                .then(|| {
+                    row.cap.map(|c| {
+                        (
+                            c,
+                            format!(
+                                "{} cap {}/{} ({})",
+                                row.label(),
+                                c.calls,
+                                humantime::format_duration(c.per),
+                                row.source
+                            ),
+                        )
+                    })
+                })
                 .flatten()
         });
-        let campaign = policy.frequency_cap.map(|c| (c, format!("campaign cap {}/{}", c.calls, humantime::format_duration(c.per))));
+        let campaign = policy.frequency_cap.map(|c| {
+            (
+                c,
+                format!(
+                    "campaign cap {}/{}",
+                    c.calls,
+                    humantime::format_duration(c.per)
+                ),
+            )
+        });
         let mut worst: Option<(DateTime<Utc>, String)> = None;
         for (cap, label) in campaign.into_iter().chain(state_caps) {
-            let Ok(per) = TimeDelta::from_std(cap.per) else { continue };
-            let mut inside: Vec<DateTime<Utc>> = facts.counted_calls.iter().copied().filter(|&c| c > now - per).collect();
+            let Ok(per) = TimeDelta::from_std(cap.per) else {
+                continue;
+            };
+            let mut inside: Vec<DateTime<Utc>> = facts
+                .counted_calls
+                .iter()
+                .copied()
+                .filter(|&c| c > now - per)
+                .collect();
             if inside.len() < cap.calls as usize {
                 continue;
             }
             inside.sort_unstable();
             // The cap clears when all but calls-1 of the counted calls have left the window.
             let release = inside[inside.len() - cap.calls as usize] + per;
-            let why = format!("{} counted calls in the last {} reach the {label}", inside.len(), humantime::format_duration(cap.per));
+            let why = format!(
+                "{} counted calls in the last {} reach the {label}",
+                inside.len(),
+                humantime::format_duration(cap.per)
+            );
             if worst.as_ref().is_none_or(|(w, _)| release > *w) {
                 worst = Some((release, why));
             }
@@ -603,20 +800,38 @@ impl Engine {
             return self.base_verdict(
                 r,
                 now,
-                Outcome::Drop { rule: Rule::CallingWindow },
-                "no time zone is known for this number, so its calling window cannot be checked".into(),
+                Outcome::Drop {
+                    rule: Rule::CallingWindow,
+                },
+                "no time zone is known for this number, so its calling window cannot be checked"
+                    .into(),
             );
         }
         let Some(block) = self.block_at(r, policy, now) else {
-            return self.base_verdict(r, now, Outcome::Allow, "allowed: every rule passes in every candidate zone".into());
+            return self.base_verdict(
+                r,
+                now,
+                Outcome::Allow,
+                "allowed: every rule passes in every candidate zone".into(),
+            );
         };
         let why = self.describe(&block);
         match self.next_allowed(r, policy, now) {
-            Some(at) => self.base_verdict(r, now, Outcome::Requeue { rule: block.rule(), at }, why),
+            Some(at) => self.base_verdict(
+                r,
+                now,
+                Outcome::Requeue {
+                    rule: block.rule(),
+                    at,
+                },
+                why,
+            ),
             None => self.base_verdict(
                 r,
                 now,
-                Outcome::Drop { rule: Rule::CallingWindow },
+                Outcome::Drop {
+                    rule: Rule::CallingWindow,
+                },
                 format!("{why}; no allowed time within {HORIZON_DAYS} days"),
             ),
         }
@@ -639,25 +854,49 @@ impl Engine {
     fn describe(&self, block: &Block) -> String {
         let zone = |c: &Check| match c.only_row {
             None => c.tz.name().to_owned(),
-            Some(_) => format!("{} (fixed UTC-6 \"Central Standard Time\" reading)", c.tz.name()),
+            Some(_) => format!(
+                "{} (fixed UTC-6 \"Central Standard Time\" reading)",
+                c.tz.name()
+            ),
         };
         match block {
             Block::Blackout(b) => {
                 let bo = &self.blackouts[*b as usize];
-                format!("operator blackout until {}: {}", bo.end.to_rfc3339(), bo.reason)
+                format!(
+                    "operator blackout until {}: {}",
+                    bo.end.to_rfc3339(),
+                    bo.reason
+                )
             }
-            Block::Day { check, date, src, holiday } => {
+            Block::Day {
+                check,
+                date,
+                src,
+                holiday,
+            } => {
                 let what = match (src, holiday) {
                     (Src::Campaign, _) => "not one of the campaign's days".to_owned(),
                     (_, Some(h)) => format!("a holiday ({h}) under {}", self.src_text(*src)),
                     (_, None) => format!("not a calling day under {}", self.src_text(*src)),
                 };
-                format!("{} in {} is {what}", date.format("%a %Y-%m-%d"), zone(check))
+                format!(
+                    "{} in {} is {what}",
+                    date.format("%a %Y-%m-%d"),
+                    zone(check)
+                )
             }
             Block::Window { check, local, plan } => {
-                let by = if (local.hour() * 60 + local.minute()) < u32::from(plan.open) { plan.open_by } else { plan.close_by };
+                let by = if (local.hour() * 60 + local.minute()) < u32::from(plan.open) {
+                    plan.open_by
+                } else {
+                    plan.close_by
+                };
                 if plan.open >= plan.close {
-                    format!("no calling window is left in {} that day (set by {})", zone(check), self.src_text(by))
+                    format!(
+                        "no calling window is left in {} that day (set by {})",
+                        zone(check),
+                        self.src_text(by)
+                    )
                 } else {
                     format!(
                         "{} in {} is outside the calling window {}-{} (set by {})",

@@ -99,7 +99,12 @@ fn weekdays_only(open: Minutes, close: Minutes) -> [Option<(Minutes, Minutes)>; 
     h
 }
 
-fn row(scope: Scope, applies_to: AppliesTo, hours: [Option<(Minutes, Minutes)>; 7], source: &str) -> StateRule {
+fn row(
+    scope: Scope,
+    applies_to: AppliesTo,
+    hours: [Option<(Minutes, Minutes)>; 7],
+    source: &str,
+) -> StateRule {
     StateRule {
         scope,
         applies_to,
@@ -144,41 +149,102 @@ pub fn builtin_rules() -> Vec<StateRule> {
     let mut rules = vec![
         // 47 CFR 64.1200(c)(1) (TCPA) and 16 CFR 310.4(c) (Telemarketing Sales Rule):
         // no calls before 8 a.m. or after 9 p.m. at the called party's location.
-        row(Scope::Everyone, All, every_day(hm(8, 0), hm(21, 0)), "47 CFR 64.1200(c)(1); 16 CFR 310.4(c)"),
+        row(
+            Scope::Everyone,
+            All,
+            every_day(hm(8, 0), hm(21, 0)),
+            "47 CFR 64.1200(c)(1); 16 CFR 310.4(c)",
+        ),
         // Fla. Stat. 501.616(6): 8 a.m.-8 p.m.; (6)(b) at most 3 calls per 24 hours on the
         // same subject from any number (counted across campaigns here: the stricter reading).
-        StateRule { cap: cap3, ..row(st("FL"), All, every_day(hm(8, 0), hm(20, 0)), "Fla. Stat. 501.616(6)") },
+        StateRule {
+            cap: cap3,
+            ..row(
+                st("FL"),
+                All,
+                every_day(hm(8, 0), hm(20, 0)),
+                "Fla. Stat. 501.616(6)",
+            )
+        },
         // Oklahoma Telephone Solicitation Act, 15 O.S. 775C.4: 8 a.m.-8 p.m., 3 per 24h.
-        StateRule { cap: cap3, ..row(st("OK"), All, every_day(hm(8, 0), hm(20, 0)), "15 O.S. 775C.4") },
+        StateRule {
+            cap: cap3,
+            ..row(
+                st("OK"),
+                All,
+                every_day(hm(8, 0), hm(20, 0)),
+                "15 O.S. 775C.4",
+            )
+        },
         // 15 O.S. 755.1(C)(2)(a): automated calls 9 a.m.-9 p.m.
-        row(st("OK"), Auto, every_day(hm(9, 0), hm(21, 0)), "15 O.S. 755.1(C)(2)(a)"),
+        row(
+            st("OK"),
+            Auto,
+            every_day(hm(9, 0), hm(21, 0)),
+            "15 O.S. 755.1(C)(2)(a)",
+        ),
         // Md. Code, Com. Law 14-4502(c) (Stop the Spam Calls Act 2023): 8 a.m.-8 p.m., 3 per 24h.
         StateRule {
             cap: cap3,
-            ..row(st("MD"), All, every_day(hm(8, 0), hm(20, 0)), "Md. Com. Law 14-4502(c)")
+            ..row(
+                st("MD"),
+                All,
+                every_day(hm(8, 0), hm(20, 0)),
+                "Md. Com. Law 14-4502(c)",
+            )
         },
         // ORS 646.563 as amended by HB 3865 (2026): 8 a.m.-8 p.m., 3 per 24h.
         StateRule {
             cap: cap3,
-            ..row(st("OR"), All, every_day(hm(8, 0), hm(20, 0)), "ORS 646.563 (HB 3865, 2026)")
+            ..row(
+                st("OR"),
+                All,
+                every_day(hm(8, 0), hm(20, 0)),
+                "ORS 646.563 (HB 3865, 2026)",
+            )
         },
         // RCW 19.158.040(2): 8 a.m.-8 p.m.
-        row(st("WA"), All, every_day(hm(8, 0), hm(20, 0)), "RCW 19.158.040(2)"),
+        row(
+            st("WA"),
+            All,
+            every_day(hm(8, 0), hm(20, 0)),
+            "RCW 19.158.040(2)",
+        ),
         // 201 CMR 12.02(2): 8 a.m.-8 p.m.
-        row(st("MA"), All, every_day(hm(8, 0), hm(20, 0)), "201 CMR 12.02(2)"),
+        row(
+            st("MA"),
+            All,
+            every_day(hm(8, 0), hm(20, 0)),
+            "201 CMR 12.02(2)",
+        ),
         // Wyo. Stat. 40-12-302(d): 8 a.m.-8 p.m.
-        row(st("WY"), All, every_day(hm(8, 0), hm(20, 0)), "Wyo. Stat. 40-12-302(d)"),
+        row(
+            st("WY"),
+            All,
+            every_day(hm(8, 0), hm(20, 0)),
+            "Wyo. Stat. 40-12-302(d)",
+        ),
         // Ala. Admin. Code r. 770-X-5-.17: 8 a.m.-8 p.m., never on Sunday or a state
         // holiday (Ala. Code 1-3-8).
         StateRule {
             holidays: Some(0),
-            ..row(st("AL"), All, no_sundays(hm(8, 0), hm(20, 0)), "Ala. Admin. Code r. 770-X-5-.17")
+            ..row(
+                st("AL"),
+                All,
+                no_sundays(hm(8, 0), hm(20, 0)),
+                "Ala. Admin. Code r. 770-X-5-.17",
+            )
         },
         // La. R.S. 45:844.31 (and 45:811): 8 a.m.-8 p.m., never on Sunday or a state
         // holiday (La. R.S. 1:55); declared emergencies are operator blackouts.
         StateRule {
             holidays: Some(1),
-            ..row(st("LA"), All, no_sundays(hm(8, 0), hm(20, 0)), "La. R.S. 45:811, 45:844.31")
+            ..row(
+                st("LA"),
+                All,
+                no_sundays(hm(8, 0), hm(20, 0)),
+                "La. R.S. 45:811, 45:844.31",
+            )
         },
         // Miss. Code 77-3-723: 8 a.m.-8 p.m. "Central Standard Time", never on Sunday.
         // Read both ways: local time, and fixed UTC-6 (Etc/GMT+6 in tz's POSIX sign
@@ -186,7 +252,12 @@ pub fn builtin_rules() -> Vec<StateRule> {
         // was repealed in 2023.
         StateRule {
             fixed_reading: Some(Tz::Etc__GMTPlus6),
-            ..row(st("MS"), All, no_sundays(hm(8, 0), hm(20, 0)), "Miss. Code 77-3-723")
+            ..row(
+                st("MS"),
+                All,
+                no_sundays(hm(8, 0), hm(20, 0)),
+                "Miss. Code 77-3-723",
+            )
         },
         // Tex. Bus. & Com. Code 301.051: 9 a.m.-9 p.m. Monday-Saturday, noon-9 p.m. Sunday.
         {
@@ -199,56 +270,127 @@ pub fn builtin_rules() -> Vec<StateRule> {
         {
             let mut h = weekdays_only(hm(9, 0), hm(18, 0));
             h[5] = Some((hm(10, 0), hm(17, 0)));
-            StateRule { holidays: Some(2), ..row(st("RI"), All, h, "R.I. Gen. Laws 5-61-3.6, 25-1-1") }
+            StateRule {
+                holidays: Some(2),
+                ..row(st("RI"), All, h, "R.I. Gen. Laws 5-61-3.6, 25-1-1")
+            }
         },
         // Utah Code 13-25a-103(3): 8 a.m.-9 p.m., never Sunday or a legal holiday
         // (Utah Code 63G-1-301).
         StateRule {
             holidays: Some(4),
-            ..row(st("UT"), All, no_sundays(hm(8, 0), hm(21, 0)), "Utah Code 13-25a-103(3)")
+            ..row(
+                st("UT"),
+                All,
+                no_sundays(hm(8, 0), hm(21, 0)),
+                "Utah Code 13-25a-103(3)",
+            )
         },
         // 73 P.S. 2245(a) before the 2026 amendment: 8 a.m.-9 p.m., no legal holidays.
         StateRule {
             holidays: Some(3),
             until: Some(pa_change_date()),
-            ..row(st("PA"), All, every_day(hm(8, 0), hm(21, 0)), "73 P.S. 2245(a)")
+            ..row(
+                st("PA"),
+                All,
+                every_day(hm(8, 0), hm(21, 0)),
+                "73 P.S. 2245(a)",
+            )
         },
         // 73 P.S. 2245(a) as amended 2026, in force 2026-10-18: 9 a.m.-7 p.m., never
         // Sunday or a legal holiday.
         StateRule {
             holidays: Some(3),
             from: Some(pa_change_date()),
-            ..row(st("PA"), All, no_sundays(hm(9, 0), hm(19, 0)), "73 P.S. 2245(a) as amended 2026")
+            ..row(
+                st("PA"),
+                All,
+                no_sundays(hm(9, 0), hm(19, 0)),
+                "73 P.S. 2245(a) as amended 2026",
+            )
         },
         // Conn. Gen. Stat. 42-288a(c): 9 a.m.-8 p.m.
-        row(st("CT"), All, every_day(hm(9, 0), hm(20, 0)), "Conn. Gen. Stat. 42-288a(c)"),
+        row(
+            st("CT"),
+            All,
+            every_day(hm(9, 0), hm(20, 0)),
+            "Conn. Gen. Stat. 42-288a(c)",
+        ),
         // KRS 367.46955(16): 10 a.m.-9 p.m.
-        row(st("KY"), All, every_day(hm(10, 0), hm(21, 0)), "KRS 367.46955(16)"),
+        row(
+            st("KY"),
+            All,
+            every_day(hm(10, 0), hm(21, 0)),
+            "KRS 367.46955(16)",
+        ),
         // MCL 750.540e: 9 a.m.-9 p.m.
-        row(st("MI"), All, every_day(hm(9, 0), hm(21, 0)), "MCL 750.540e"),
+        row(
+            st("MI"),
+            All,
+            every_day(hm(9, 0), hm(21, 0)),
+            "MCL 750.540e",
+        ),
         // Minn. Stat. 325E.30: 9 a.m.-9 p.m.
-        row(st("MN"), All, every_day(hm(9, 0), hm(21, 0)), "Minn. Stat. 325E.30"),
+        row(
+            st("MN"),
+            All,
+            every_day(hm(9, 0), hm(21, 0)),
+            "Minn. Stat. 325E.30",
+        ),
         // NMSA 57-12-22: 9 a.m.-9 p.m.
-        row(st("NM"), All, every_day(hm(9, 0), hm(21, 0)), "NMSA 57-12-22"),
+        row(
+            st("NM"),
+            All,
+            every_day(hm(9, 0), hm(21, 0)),
+            "NMSA 57-12-22",
+        ),
         // 10 M.R.S. 1498(3): automated calls 9 a.m.-5 p.m. Monday-Friday only, at most
         // one per 8 hours.
         StateRule {
-            cap: Some(Cap { calls: 1, per: Duration::from_secs(8 * 3600) }),
-            ..row(st("ME"), Auto, weekdays_only(hm(9, 0), hm(17, 0)), "10 M.R.S. 1498(3)")
+            cap: Some(Cap {
+                calls: 1,
+                per: Duration::from_secs(8 * 3600),
+            }),
+            ..row(
+                st("ME"),
+                Auto,
+                weekdays_only(hm(9, 0), hm(17, 0)),
+                "10 M.R.S. 1498(3)",
+            )
         },
         // SDCL 37-30-28: automated calls 9 a.m.-9 p.m. Monday-Friday.
-        row(st("SD"), Auto, weekdays_only(hm(9, 0), hm(21, 0)), "SDCL 37-30-28"),
+        row(
+            st("SD"),
+            Auto,
+            weekdays_only(hm(9, 0), hm(21, 0)),
+            "SDCL 37-30-28",
+        ),
         // Cal. Pub. Util. Code 2872: automatic dialing-announcing devices 9 a.m.-9 p.m.
-        row(st("CA"), Auto, every_day(hm(9, 0), hm(21, 0)), "Cal. Pub. Util. Code 2872"),
+        row(
+            st("CA"),
+            Auto,
+            every_day(hm(9, 0), hm(21, 0)),
+            "Cal. Pub. Util. Code 2872",
+        ),
         // NRS 597.814: automated calls 9 a.m.-9 p.m.
-        row(st("NV"), Auto, every_day(hm(9, 0), hm(21, 0)), "NRS 597.814"),
+        row(
+            st("NV"),
+            Auto,
+            every_day(hm(9, 0), hm(21, 0)),
+            "NRS 597.814",
+        ),
         // CRTC Unsolicited Telecommunications Rules, Part II (Telemarketing Rules):
         // 9 a.m.-9:30 p.m. weekdays, 10 a.m.-6 p.m. weekends, for every Canadian number.
         {
             let mut h = every_day(hm(9, 0), hm(21, 30));
             h[5] = Some((hm(10, 0), hm(18, 0)));
             h[6] = Some((hm(10, 0), hm(18, 0)));
-            row(Scope::Country("CA"), All, h, "CRTC Unsolicited Telecommunications Rules, Part II")
+            row(
+                Scope::Country("CA"),
+                All,
+                h,
+                "CRTC Unsolicited Telecommunications Rules, Part II",
+            )
         },
     ];
     rules.shrink_to_fit();
@@ -339,7 +481,10 @@ pub enum RulesError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> RulesError {
-    RulesError::Invalid { key: key.into(), message: message.into() }
+    RulesError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// Parses `HH:MM` (or `24:00`) into minutes since midnight.
@@ -347,12 +492,16 @@ pub fn parse_hhmm(s: &str) -> Option<Minutes> {
     if s == "24:00" {
         return Some(24 * 60);
     }
-    NaiveTime::parse_from_str(s, "%H:%M").ok().map(|t| (t.hour() * 60 + t.minute()) as Minutes)
+    NaiveTime::parse_from_str(s, "%H:%M")
+        .ok()
+        .map(|t| (t.hour() * 60 + t.minute()) as Minutes)
 }
 
 fn parse_window(key: &str, w: &WindowConfig) -> Result<(Minutes, Minutes), RulesError> {
-    let open = parse_hhmm(&w.start).ok_or_else(|| invalid(format!("{key}.start"), "expected HH:MM"))?;
-    let close = parse_hhmm(&w.end).ok_or_else(|| invalid(format!("{key}.end"), "expected HH:MM or 24:00"))?;
+    let open =
+        parse_hhmm(&w.start).ok_or_else(|| invalid(format!("{key}.start"), "expected HH:MM"))?;
+    let close = parse_hhmm(&w.end)
+        .ok_or_else(|| invalid(format!("{key}.end"), "expected HH:MM or 24:00"))?;
     if open >= close {
         return Err(invalid(key, "start must be before end"));
     }
@@ -361,14 +510,21 @@ fn parse_window(key: &str, w: &WindowConfig) -> Result<(Minutes, Minutes), Rules
 
 /// Parses `mon`..`sun` into a Monday-first index.
 pub fn parse_day(s: &str) -> Option<usize> {
-    ["mon", "tue", "wed", "thu", "fri", "sat", "sun"].iter().position(|d| d.eq_ignore_ascii_case(s))
+    ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .position(|d| d.eq_ignore_ascii_case(s))
 }
 
 /// Builds the rule table from the built-in rows and the configuration.
-pub fn build(cfg: &RulesConfig, known_state: impl Fn(&str) -> bool) -> Result<(Vec<StateRule>, Vec<Blackout>), RulesError> {
+pub fn build(
+    cfg: &RulesConfig,
+    known_state: impl Fn(&str) -> bool,
+) -> Result<(Vec<StateRule>, Vec<Blackout>), RulesError> {
     let mut rules = builtin_rules();
-    for (code, o) in &cfg.states {
-        let key = format!("states.{code}");
+    for (raw_code, o) in &cfg.states {
+        // Layered configuration may lowercase keys: state codes are upper case.
+        let code = &raw_code.to_ascii_uppercase();
+        let key = format!("states.{raw_code}");
         if !known_state(code) {
             return Err(invalid(&key, "unknown state or province code"));
         }
@@ -386,7 +542,8 @@ pub fn build(cfg: &RulesConfig, known_state: impl Fn(&str) -> bool) -> Result<(V
         if let Some(days) = &o.days {
             let mut allowed = [false; 7];
             for d in days {
-                let i = parse_day(d).ok_or_else(|| invalid(format!("{key}.days"), format!("unknown day {d:?}")))?;
+                let i = parse_day(d)
+                    .ok_or_else(|| invalid(format!("{key}.days"), format!("unknown day {d:?}")))?;
                 allowed[i] = true;
             }
             for (i, ok) in allowed.iter().enumerate() {
@@ -400,9 +557,15 @@ pub fn build(cfg: &RulesConfig, known_state: impl Fn(&str) -> bool) -> Result<(V
                 let per = humantime::parse_duration(&c.per)
                     .map_err(|e| invalid(format!("{key}.cap.per"), e.to_string()))?;
                 if c.calls == 0 || per.is_zero() {
-                    return Err(invalid(format!("{key}.cap"), "calls and per must be positive"));
+                    return Err(invalid(
+                        format!("{key}.cap"),
+                        "calls and per must be positive",
+                    ));
                 }
-                Some(Cap { calls: c.calls, per })
+                Some(Cap {
+                    calls: c.calls,
+                    per,
+                })
             }
             None => None,
         };
@@ -410,16 +573,19 @@ pub fn build(cfg: &RulesConfig, known_state: impl Fn(&str) -> bool) -> Result<(V
             None | Some("all") => AppliesTo::AllCalls,
             Some("artificial_voice") => AppliesTo::ArtificialVoice,
             Some(other) => {
-                return Err(invalid(format!("{key}.call_type"), format!("{other:?}: expected all or artificial_voice")));
+                return Err(invalid(
+                    format!("{key}.call_type"),
+                    format!("{other:?}: expected all or artificial_voice"),
+                ));
             }
         };
         let holidays = match &o.holidays {
-            Some(name) => Some(
-                CALENDARS
-                    .iter()
-                    .position(|c| c == name)
-                    .ok_or_else(|| invalid(format!("{key}.holidays"), format!("no built-in calendar {name:?}")))?,
-            ),
+            Some(name) => Some(CALENDARS.iter().position(|c| c == name).ok_or_else(|| {
+                invalid(
+                    format!("{key}.holidays"),
+                    format!("no built-in calendar {name:?}"),
+                )
+            })?),
             None => None,
         };
         let mut r = row(
@@ -442,24 +608,38 @@ pub fn build(cfg: &RulesConfig, known_state: impl Fn(&str) -> bool) -> Result<(V
         if b.state.is_none() && b.area_codes.is_empty() && b.postal_codes.is_empty() {
             return Err(invalid(&key, "needs a state, area_codes or postal_codes"));
         }
-        if let Some(s) = &b.state {
+        let state = b.state.as_ref().map(|s| s.to_ascii_uppercase());
+        if let Some(s) = &state {
             if !known_state(s) {
-                return Err(invalid(format!("{key}.state"), "unknown state or province code"));
+                return Err(invalid(
+                    format!("{key}.state"),
+                    "unknown state or province code",
+                ));
             }
         }
         if let Some(bad) = b.area_codes.iter().find(|a| !(200..=999).contains(*a)) {
-            return Err(invalid(format!("{key}.area_codes"), format!("{bad} is not an area code")));
+            return Err(invalid(
+                format!("{key}.area_codes"),
+                format!("{bad} is not an area code"),
+            ));
         }
         if b.start >= b.end {
             return Err(invalid(&key, "start must be before end"));
         }
         blackouts.push(Blackout {
-            state: b.state.clone(),
+            state,
             area_codes: b.area_codes.clone(),
-            postal_codes: b.postal_codes.iter().map(|p| p.replace(' ', "").to_ascii_uppercase()).collect(),
+            postal_codes: b
+                .postal_codes
+                .iter()
+                .map(|p| p.replace(' ', "").to_ascii_uppercase())
+                .collect(),
             start: b.start,
             end: b.end,
-            reason: b.reason.clone().unwrap_or_else(|| "operator blackout".into()),
+            reason: b
+                .reason
+                .clone()
+                .unwrap_or_else(|| "operator blackout".into()),
         });
     }
     Ok((rules, blackouts))

@@ -34,6 +34,11 @@ impl Rule {
         }
     }
 
+    /// The rule with this SPEC name (for reading stored verdicts back).
+    pub fn parse(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub const ALL: [Rule; 8] = [
         Rule::InvalidNumber,
         Rule::DestinationBlocked,
@@ -144,14 +149,27 @@ impl Verdict {
             self.outcome.as_str().to_owned(),
             self.rule().map(Rule::as_str).unwrap_or("").to_owned(),
             self.reason.clone(),
-            self.zones.iter().map(|z| z.name()).collect::<Vec<_>>().join(";"),
-            self.next_allowed_at.map(|t| rfc3339(&t)).unwrap_or_default(),
+            self.zones
+                .iter()
+                .map(|z| z.name())
+                .collect::<Vec<_>>()
+                .join(";"),
+            self.next_allowed_at
+                .map(|t| rfc3339(&t))
+                .unwrap_or_default(),
         ]
     }
 }
 
 /// The CSV header of `scrub --format csv`.
-pub const SCRUB_CSV_HEADER: [&str; 6] = ["phone", "verdict", "rule", "reason", "zones", "next_allowed_at"];
+pub const SCRUB_CSV_HEADER: [&str; 6] = [
+    "phone",
+    "verdict",
+    "rule",
+    "reason",
+    "zones",
+    "next_allowed_at",
+];
 
 /// `dialer check`'s text: the verdict, each rule in SPEC order in plain words, the
 /// zones and local times used, and the next allowed time.
@@ -160,7 +178,10 @@ pub fn explain_text(v: &Verdict, phone: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{phone}: {}", v.outcome.as_str().to_uppercase());
     let blocking = v.rule();
-    let _ = writeln!(s, "  rules (checked in order, the first that blocks decides):");
+    let _ = writeln!(
+        s,
+        "  rules (checked in order, the first that blocks decides):"
+    );
     let mut reached = true;
     for rule in Rule::ALL {
         let words = match rule {
@@ -169,8 +190,12 @@ pub fn explain_text(v: &Verdict, phone: &str) -> String {
             Rule::Dnc => "not on a Do-Not-Call list",
             Rule::OptedOut => "not opted out",
             Rule::NoConsent => "consent on record when the campaign requires it",
-            Rule::CallingDay => "an allowed calling day in every zone (campaign days, Sundays, holidays, blackouts)",
-            Rule::CallingWindow => "inside the calling window in every zone (campaign window and legal hours)",
+            Rule::CallingDay => {
+                "an allowed calling day in every zone (campaign days, Sundays, holidays, blackouts)"
+            }
+            Rule::CallingWindow => {
+                "inside the calling window in every zone (campaign window and legal hours)"
+            }
             Rule::FrequencyCap => "under the frequency caps (campaign and state)",
         };
         let status = if Some(rule) == blocking {
@@ -194,7 +219,12 @@ pub fn explain_text(v: &Verdict, phone: &str) -> String {
         for z in &v.zones {
             match v.local_times.iter().find(|(lz, _)| lz == z) {
                 Some((_, t)) => {
-                    let _ = writeln!(s, "    {:<32} local time {}", z.name(), t.format("%a %Y-%m-%d %H:%M %:z"));
+                    let _ = writeln!(
+                        s,
+                        "    {:<32} local time {}",
+                        z.name(),
+                        t.format("%a %Y-%m-%d %H:%M %:z")
+                    );
                 }
                 None => {
                     let _ = writeln!(s, "    {}", z.name());

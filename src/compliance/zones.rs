@@ -52,7 +52,8 @@ fn rows(tsv: &str) -> impl Iterator<Item = Vec<&str>> {
 
 fn tz(name: &str) -> Tz {
     // The data files are committed and checked by `every_zone_name_in_the_data_is_known`.
-    name.parse().unwrap_or_else(|_| panic!("unknown IANA zone in embedded data: {name}"))
+    name.parse()
+        .unwrap_or_else(|_| panic!("unknown IANA zone in embedded data: {name}"))
 }
 
 impl Tables {
@@ -60,8 +61,12 @@ impl Tables {
         let mut prefixes = HashMap::new();
         let mut sets: Vec<Vec<Tz>> = Vec::new();
         for r in rows(PREFIX_ZONES_TSV) {
-            let (Some(prefix), Some(zones)) = (r.first(), r.get(1)) else { continue };
-            let Some(rest) = prefix.strip_prefix('1') else { continue };
+            let (Some(prefix), Some(zones)) = (r.first(), r.get(1)) else {
+                continue;
+            };
+            let Some(rest) = prefix.strip_prefix('1') else {
+                continue;
+            };
             let zones: Vec<Tz> = zones.split(',').map(tz).collect();
             let id = match sets.iter().position(|s| *s == zones) {
                 Some(i) => i,
@@ -70,16 +75,27 @@ impl Tables {
                     sets.len() - 1
                 }
             };
-            let value = if rest.is_empty() { 0 } else { rest.parse().unwrap_or(0) };
+            let value = if rest.is_empty() {
+                0
+            } else {
+                rest.parse().unwrap_or(0)
+            };
             prefixes.insert((rest.len() as u8, value), id as u16);
         }
         let mut area_codes = HashMap::new();
         for r in rows(AREA_CODES_TSV) {
-            let Some(Ok(npa)) = r.first().map(|s| s.parse::<u16>()) else { continue };
+            let Some(Ok(npa)) = r.first().map(|s| s.parse::<u16>()) else {
+                continue;
+            };
             let region = r.get(1).copied().unwrap_or("").to_owned();
             let states = r
                 .get(2)
-                .map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect())
+                .map(|s| {
+                    s.split(',')
+                        .filter(|x| !x.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default();
             area_codes.insert(npa, (region, states));
         }
@@ -90,12 +106,18 @@ impl Tables {
             }
             states.insert(
                 r[0].to_owned(),
-                StateZones { country: r[1].to_owned(), split: r[2] == "1", zones: r[3].split(',').map(tz).collect() },
+                StateZones {
+                    country: r[1].to_owned(),
+                    split: r[2] == "1",
+                    zones: r[3].split(',').map(tz).collect(),
+                },
             );
         }
         let mut zip3 = HashMap::new();
         for r in rows(ZIP3_TSV) {
-            let (Some(Ok(z)), Some(st)) = (r.first().map(|s| s.parse::<u16>()), r.get(1)) else { continue };
+            let (Some(Ok(z)), Some(st)) = (r.first().map(|s| s.parse::<u16>()), r.get(1)) else {
+                continue;
+            };
             zip3.insert(z, st.split(',').map(str::to_owned).collect());
         }
         let mut us_all = Vec::new();
@@ -115,15 +137,28 @@ impl Tables {
                 }
             }
         }
-        Tables { prefixes, sets, area_codes, states, zip3, us_all, ca_all }
+        Tables {
+            prefixes,
+            sets,
+            area_codes,
+            states,
+            zip3,
+            us_all,
+            ca_all,
+        }
     }
 
     /// Longest-prefix lookup of a +1 number's national digits (10 digits).
     pub fn prefix_zones(&self, national: &str) -> PrefixZones<'_> {
         for len in (1..=national.len().min(9)).rev() {
-            let Ok(v) = national[..len].parse::<u32>() else { continue };
+            let Ok(v) = national[..len].parse::<u32>() else {
+                continue;
+            };
             if let Some(&id) = self.prefixes.get(&(len as u8, v)) {
-                return PrefixZones::Geographic(format!("1{}", &national[..len]), &self.sets[id as usize]);
+                return PrefixZones::Geographic(
+                    format!("1{}", &national[..len]),
+                    &self.sets[id as usize],
+                );
             }
         }
         PrefixZones::NonGeographic
@@ -131,17 +166,26 @@ impl Tables {
 
     /// The zones of the whole-country row (`1`), as the data file gives them.
     pub fn country_row(&self) -> &[Tz] {
-        self.prefixes.get(&(0, 0)).map(|&id| self.sets[id as usize].as_slice()).unwrap_or(&[])
+        self.prefixes
+            .get(&(0, 0))
+            .map(|&id| self.sets[id as usize].as_slice())
+            .unwrap_or(&[])
     }
 
     /// ISO region of an area code (`US`, `CA`, `PR`, `JM`, ...).
     pub fn area_code_region(&self, npa: u16) -> Option<&str> {
-        self.area_codes.get(&npa).map(|(r, _)| r.as_str()).filter(|r| !r.is_empty())
+        self.area_codes
+            .get(&npa)
+            .map(|(r, _)| r.as_str())
+            .filter(|r| !r.is_empty())
     }
 
     /// States or provinces of an area code (usually one).
     pub fn area_code_states(&self, npa: u16) -> &[String] {
-        self.area_codes.get(&npa).map(|(_, s)| s.as_slice()).unwrap_or(&[])
+        self.area_codes
+            .get(&npa)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&[])
     }
 
     pub fn state(&self, code: &str) -> Option<&StateZones> {
@@ -176,7 +220,12 @@ impl Tables {
         if digits.len() != 5 && digits.len() != 9 {
             return Vec::new();
         }
-        digits[..3].parse::<u16>().ok().and_then(|z| self.zip3.get(&z)).cloned().unwrap_or_default()
+        digits[..3]
+            .parse::<u16>()
+            .ok()
+            .and_then(|z| self.zip3.get(&z))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// All zones of the 50 states, DC, Puerto Rico and the US Virgin Islands.
@@ -223,7 +272,11 @@ mod tests {
             // try each padding digit until the lookup stops at this very row.
             let mut found = false;
             for pad in ['0', '1', '9', '5', '2'] {
-                let national: String = rest.chars().chain(std::iter::repeat(pad)).take(10).collect();
+                let national: String = rest
+                    .chars()
+                    .chain(std::iter::repeat(pad))
+                    .take(10)
+                    .collect();
                 if let PrefixZones::Geographic(p, z) = t.prefix_zones(&national) {
                     if p == prefix {
                         assert_eq!(z, want.as_slice(), "{prefix}");
@@ -243,13 +296,18 @@ mod tests {
         let t = &*TABLES;
         let chicago: &[Tz] = &[Tz::America__Chicago];
         let ny: &[Tz] = &[Tz::America__New_York];
-        assert!(matches!(t.prefix_zones("8504321234"), PrefixZones::Geographic(_, z) if z == chicago));
+        assert!(
+            matches!(t.prefix_zones("8504321234"), PrefixZones::Geographic(_, z) if z == chicago)
+        );
         assert!(matches!(t.prefix_zones("8502221234"), PrefixZones::Geographic(_, z) if z == ny));
     }
 
     #[test]
     fn toll_free_numbers_are_non_geographic() {
-        assert_eq!(TABLES.prefix_zones("8002345678"), PrefixZones::NonGeographic);
+        assert_eq!(
+            TABLES.prefix_zones("8002345678"),
+            PrefixZones::NonGeographic
+        );
     }
 
     #[test]
