@@ -4,5 +4,7 @@
 //! `revdesk` and `http` are the edges; `worker` wires them together.
 
 pub mod clock;
+pub mod decision;
 pub mod phone;
 pub mod revdesk;
+pub mod worker;
