@@ -412,7 +412,7 @@ pub struct DialContext<'a> {
 
 /// The final outcome to decide on.
 #[derive(Debug, Clone, Copy)]
-pub enum Outcome<'a> {
+pub enum FinalOutcome<'a> {
     /// The call resource (webhook `data` or `GET /v1/calls/{id}`).
     Call(&'a CallResource),
     /// `not_found` on reconciliation: the vendor no longer knows the call.
@@ -745,9 +745,10 @@ pub fn decide_dial(
                     source: Source::Vendor,
                 })
             } else {
-                let min = match reason {
-                    RequeueReason::FrequencyCap => s.cap_min,
-                    _ => s.compliance_min,
+                let min = if reason == RequeueReason::FrequencyCap {
+                    s.cap_min
+                } else {
+                    s.compliance_min
                 };
                 let earliest = after(now, min);
                 let at = ctx.next_allowed.map_or(earliest, |t| t.max(earliest));
@@ -932,24 +933,24 @@ const COMPLETED: &str = "completed";
 /// not ended yet gives [`Action::Placed`] (keep waiting). The attempt already counts
 /// (it was placed), and any next attempt gets a new key.
 pub fn decide_outcome(
-    outcome: Outcome<'_>,
+    outcome: FinalOutcome<'_>,
     ctx: &OutcomeContext<'_>,
     now: DateTime<Utc>,
     rng: &mut impl Rng,
 ) -> Decision {
     let (route, unknown) = match outcome {
-        Outcome::NotFound => (
+        FinalOutcome::NotFound => (
             OutcomeRoute::RequeueCapped(RequeueReason::UnknownOutcome),
             false,
         ),
-        Outcome::Call(call) if !call.is_final() => {
+        FinalOutcome::Call(call) if !call.is_final() => {
             let mut d = Decision::new(Action::Placed {
                 call_id: call.id.clone(),
             });
             d.attempt_counts = true;
             return d;
         }
-        Outcome::Call(call) => {
+        FinalOutcome::Call(call) => {
             let code = call
                 .failure_code
                 .as_deref()
@@ -982,9 +983,10 @@ pub fn decide_outcome(
     let action = match route {
         OutcomeRoute::Done => Action::Done,
         OutcomeRoute::RequeueCapped(reason) => {
-            let delay = match reason {
-                RequeueReason::Busy => s.busy,
-                _ => s.no_answer,
+            let delay = if reason == RequeueReason::Busy {
+                s.busy
+            } else {
+                s.no_answer
             };
             capped(reason, delay, rng)
         }
