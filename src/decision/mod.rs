@@ -412,7 +412,7 @@ pub struct DialContext<'a> {
 
 /// The final outcome to decide on.
 #[derive(Debug, Clone, Copy)]
-pub enum FinalOutcome<'a> {
+pub enum Outcome<'a> {
     /// The call resource (webhook `data` or `GET /v1/calls/{id}`).
     Call(&'a CallResource),
     /// `not_found` on reconciliation: the vendor no longer knows the call.
@@ -933,24 +933,24 @@ const COMPLETED: &str = "completed";
 /// not ended yet gives [`Action::Placed`] (keep waiting). The attempt already counts
 /// (it was placed), and any next attempt gets a new key.
 pub fn decide_outcome(
-    outcome: FinalOutcome<'_>,
+    outcome: Outcome<'_>,
     ctx: &OutcomeContext<'_>,
     now: DateTime<Utc>,
     rng: &mut impl Rng,
 ) -> Decision {
     let (route, unknown) = match outcome {
-        FinalOutcome::NotFound => (
+        Outcome::NotFound => (
             OutcomeRoute::RequeueCapped(RequeueReason::UnknownOutcome),
             false,
         ),
-        FinalOutcome::Call(call) if !call.is_final() => {
+        Outcome::Call(call) if !call.is_final() => {
             let mut d = Decision::new(Action::Placed {
                 call_id: call.id.clone(),
             });
             d.attempt_counts = true;
             return d;
         }
-        FinalOutcome::Call(call) => {
+        Outcome::Call(call) => {
             let code = call
                 .failure_code
                 .as_deref()

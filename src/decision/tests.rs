@@ -852,7 +852,7 @@ fn octx(settings: &RetrySettings) -> OutcomeContext<'_> {
 
 fn outcome(c: &CallResource) -> Decision {
     let s = exact();
-    decide_outcome(FinalOutcome::Call(c), &octx(&s), now(), &mut rng())
+    decide_outcome(Outcome::Call(c), &octx(&s), now(), &mut rng())
 }
 
 #[test]
@@ -878,7 +878,7 @@ fn a_busy_call_is_requeued_after_the_busy_delay_while_attempts_remain() {
         ..octx(&s)
     };
     assert_eq!(
-        decide_outcome(FinalOutcome::Call(&c), &last, now(), &mut rng()).action,
+        decide_outcome(Outcome::Call(&c), &last, now(), &mut rng()).action,
         Action::Exhausted
     );
 }
@@ -901,7 +901,7 @@ fn an_unanswered_call_is_requeued_after_an_hour_with_the_same_cap() {
         ..octx(&s)
     };
     assert_eq!(
-        decide_outcome(FinalOutcome::Call(&c), &last, now(), &mut rng()).action,
+        decide_outcome(Outcome::Call(&c), &last, now(), &mut rng()).action,
         Action::Exhausted
     );
 }
@@ -918,7 +918,7 @@ fn voicemail_is_done_by_default_or_requeued_after_the_campaigns_delay() {
         voicemail: VoicemailRetry::After(2 * HOUR),
         ..exact()
     };
-    let d = decide_outcome(FinalOutcome::Call(&c), &octx(&s), now(), &mut rng());
+    let d = decide_outcome(Outcome::Call(&c), &octx(&s), now(), &mut rng());
     assert_eq!(
         d.action,
         Action::Requeue {
@@ -931,7 +931,7 @@ fn voicemail_is_done_by_default_or_requeued_after_the_campaigns_delay() {
         ..octx(&s)
     };
     assert_eq!(
-        decide_outcome(FinalOutcome::Call(&c), &last, now(), &mut rng()).action,
+        decide_outcome(Outcome::Call(&c), &last, now(), &mut rng()).action,
         Action::Exhausted
     );
 }
@@ -959,7 +959,7 @@ fn when_half_the_recent_outcomes_are_carrier_rejected_the_campaign_pauses_instea
         recent_carrier_rejected: 10,
         ..octx(&s)
     };
-    let d = decide_outcome(FinalOutcome::Call(&c), &bad, now(), &mut rng());
+    let d = decide_outcome(Outcome::Call(&c), &bad, now(), &mut rng());
     assert_eq!(
         d.action,
         Action::PauseCampaign {
@@ -972,7 +972,7 @@ fn when_half_the_recent_outcomes_are_carrier_rejected_the_campaign_pauses_instea
         recent_carrier_rejected: 9,
         ..octx(&s)
     };
-    let d = decide_outcome(FinalOutcome::Call(&c), &fine, now(), &mut rng());
+    let d = decide_outcome(Outcome::Call(&c), &fine, now(), &mut rng());
     assert!(matches!(d.action, Action::Drop { .. }));
 }
 
@@ -1030,7 +1030,7 @@ fn an_unknown_failure_category_is_treated_like_no_answer_with_the_same_cap() {
     };
     let c = call(Some("line_fell_over"), None, "failed");
     assert_eq!(
-        decide_outcome(FinalOutcome::Call(&c), &last, now(), &mut rng()).action,
+        decide_outcome(Outcome::Call(&c), &last, now(), &mut rng()).action,
         Action::Exhausted
     );
 }
@@ -1038,7 +1038,7 @@ fn an_unknown_failure_category_is_treated_like_no_answer_with_the_same_cap() {
 #[test]
 fn a_call_the_vendor_no_longer_knows_is_treated_like_no_answer() {
     let s = exact();
-    let d = decide_outcome(FinalOutcome::NotFound, &octx(&s), now(), &mut rng());
+    let d = decide_outcome(Outcome::NotFound, &octx(&s), now(), &mut rng());
     assert_eq!(
         d.action,
         Action::Requeue {
@@ -1299,7 +1299,7 @@ proptest! {
         };
         let c = OutcomeContext { settings: &s, attempts, max_attempts, recent_outcomes: recent, recent_carrier_rejected: rejected };
         let resource = call(code.as_deref(), category, status);
-        let input = if not_found { FinalOutcome::NotFound } else { FinalOutcome::Call(&resource) };
+        let input = if not_found { Outcome::NotFound } else { Outcome::Call(&resource) };
         let d = decide_outcome(input, &c, now(), &mut StdRng::seed_from_u64(seed));
         for t in d.due_times(now()) {
             prop_assert!(t >= now());
