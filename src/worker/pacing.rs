@@ -319,42 +319,78 @@ impl<C: Clock + Clone> Pacer<C> {
         self.lock().rate.effective()
     }
 
-    /// Takes one dial slot now if the backoff, the campaign's limiter and the
-    /// account's limiter all allow it; otherwise how long to wait before trying again.
-    /// A campaign slot taken while the account refuses is spent (the campaign runs a
-    /// little below its rate while the account is the bottleneck).
+    /// Starts one dial's way through the limiters; see [`Acquire::try_now`].
+    pub fn acquire<'a>(&'a self, campaign: Option<&'a str>) -> Acquire<'a, C> {
+        Acquire {
+            pacer: self,
+            campaign,
+            campaign_slot: false,
+        }
+    }
+
+    /// One-shot form of [`Acquire::try_now`]: takes one dial slot now if the backoff,
+    /// the campaign's limiter and the account's limiter all allow it; otherwise how
+    /// long to wait. A campaign slot taken while the account refuses is spent: callers
+    /// that retry should hold an [`Acquire`] instead.
     pub fn check(&self, campaign: Option<&str>) -> Result<(), Duration> {
+        self.acquire(campaign).try_now()
+    }
+
+    /// Waits until a dial may go (backoff, campaign rate, account rate) and returns
+    /// the time waited (zero when it could go at once), for
+    /// `dialer_rate_limit_wait_seconds`. Sleeps on tokio time; cancel-safe (a
+    /// cancelled wait at most spends one campaign slot).
+    pub async fn until_ready(&self, campaign: Option<&str>) -> Duration {
+        let start = tokio::time::Instant::now();
+        let mut acquire = self.acquire(campaign);
+        let mut waited = false;
+        while let Err(wait) = acquire.try_now() {
+            waited = true;
+            // governor can report a zero wait at a boundary: never spin.
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+        if waited {
+            start.elapsed()
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// One dial's way through the pacer. The campaign's slot, once taken, is kept while
+/// the account limiter or a backoff still holds the dial, so a slow account does not
+/// burn a campaign's budget.
+pub struct Acquire<'a, C: Clock + Clone> {
+    pacer: &'a Pacer<C>,
+    campaign: Option<&'a str>,
+    campaign_slot: bool,
+}
+
+impl<C: Clock + Clone> Acquire<'_, C> {
+    /// `Ok` when the dial may go now (its slots are taken); otherwise how long to wait
+    /// before trying again.
+    pub fn try_now(&mut self) -> Result<(), Duration> {
         let (account, campaign_limiter, paused_until) = {
-            let inner = self.lock();
-            let c = campaign
+            let inner = self.pacer.lock();
+            let c = self
+                .campaign
                 .and_then(|c| inner.campaigns.get(c))
                 .map(|(_, l)| Arc::clone(l));
             (Arc::clone(&inner.account), c, inner.paused_until)
         };
-        let now = self.clock.now();
+        let now = self.pacer.clock.now();
         if let Some(until) = paused_until {
             if until > now {
                 return Err(Duration::from(until.duration_since(now)));
             }
         }
-        if let Some(l) = campaign_limiter {
-            l.check().map_err(|nu| nu.wait_time_from(now))?;
+        if !self.campaign_slot {
+            if let Some(l) = campaign_limiter {
+                l.check().map_err(|nu| nu.wait_time_from(now))?;
+            }
+            self.campaign_slot = true;
         }
         account.check().map_err(|nu| nu.wait_time_from(now))
-    }
-
-    /// Waits until a dial may go (backoff, campaign rate, account rate) and returns
-    /// the time waited, for `dialer_rate_limit_wait_seconds`. Sleeps on tokio time.
-    pub async fn until_ready(&self, campaign: Option<&str>) -> Duration {
-        let start = tokio::time::Instant::now();
-        if self.check(campaign).is_ok() {
-            return Duration::ZERO;
-        }
-        while let Err(wait) = self.check(campaign) {
-            // governor can report a zero wait at a boundary: never spin.
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
-        }
-        start.elapsed()
     }
 }
 
@@ -507,6 +543,29 @@ mod tests {
         assert!(
             pacer.check(Some("other")).is_ok(),
             "other campaigns are not held by it"
+        );
+    }
+
+    #[test]
+    fn a_dial_held_by_the_account_keeps_its_campaign_slot() {
+        let clock = FakeRelativeClock::default();
+        // The account allows one dial every 0.5s; the campaign one per second.
+        let pacer = Pacer::with_clock(config(2.0, 1), clock.clone()).unwrap();
+        pacer.set_campaign_rate("c", Some(1.0)).unwrap();
+        assert!(
+            pacer.check(Some("other")).is_ok(),
+            "another campaign takes the account slot"
+        );
+        let mut dial = pacer.acquire(Some("c"));
+        let mut elapsed = Duration::ZERO;
+        while dial.try_now().is_err() {
+            clock.advance(Duration::from_millis(10));
+            elapsed += Duration::from_millis(10);
+        }
+        assert_eq!(
+            elapsed,
+            Duration::from_millis(500),
+            "goes when the account frees, not a campaign second later"
         );
     }
 
