@@ -13,6 +13,27 @@
 //! Routing is data: [`sync_route`] maps every known [`Code`] (exhaustively, no
 //! `_ =>`), [`category_route`] every [`Category`] for unknown codes, and
 //! [`status_route`] the HTTP status for unknown categories.
+//!
+//! | SPEC row | action | effects |
+//! |---|---|---|
+//! | 202 | `Placed` | attempt counts |
+//! | destination_invalid; validation_error on `to_number` | `Drop invalid_number` | pre-flight miss |
+//! | destination_missing; validation_error otherwise | `PauseCampaign request_rejected`, until resume | |
+//! | no_active_number | `PauseCampaign` for `retry.no_active_number` (doubling to 1h) | |
+//! | caller_id_not_verified | `PauseCampaign`, until resume | |
+//! | destination_blocked, dnc_suppressed, recipient_opted_out, no_consent | `Drop` (source vendor) | pre-flight miss, DNC / opt-out lists |
+//! | window, day, cap refusals | `Requeue` at max(next allowed, now + min), 3rd: `Drop vendor_refused` | pre-flight miss, refusal counter |
+//! | voice_usage_exhausted, no_active_subscription | `HaltAccount`, probe after `retry.account_halt` | |
+//! | rate_limited, no_number_available | `Requeue` after clamped `Retry-After` or backoff | `lower_rate`, 429 counter |
+//! | provider error, timeout, connection | `Retry` (same key) x `provider_max`, `Requeue` (5m..1h) x `provider_requeues`, `Drop provider_failed`; breaker tripped: `HaltAccount` | possibly placed, key kept |
+//! | unauthorized, forbidden, not_found | `HaltWorker` | |
+//! | idempotency_conflict | `Drop idempotency_conflict` | possibly placed |
+//! | not the envelope | 5xx: as provider error; else `HaltWorker unexpected_response` | |
+//! | unknown code | [`category_route`], then [`status_route`] | `unknown_code` |
+//!
+//! Keys (SPEC section 7): `keep_key` is true whenever the attempt is possibly placed;
+//! an ambiguous attempt past `revdesk.key_ttl` is settled by [`settle_expired_key`]
+//! (requeued like no_answer under a new key, or exhausted).
 
 pub mod policy;
 
