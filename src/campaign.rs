@@ -2,7 +2,6 @@
 //! construction: once a [`CampaignSpec`] exists it is valid.
 
 use crate::config::{Dur, VoicemailPolicy};
-use crate::phone::PhoneNumber;
 use chrono::NaiveTime;
 use serde::{Deserialize, Serialize};
 
@@ -174,7 +173,7 @@ impl ConsentRequirement {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CampaignSpec {
     pub name: String,
-    pub from_number: PhoneNumber,
+    pub from_number: String,
     pub window_start: NaiveTime,
     pub window_end: NaiveTime,
     /// Allowed days, Monday first.
@@ -226,7 +225,10 @@ impl CampaignSpec {
             message: e.to_string(),
         })?;
         validate_name(&file.name)?;
-        let from_number = PhoneNumber::parse(&file.from_number)
+        // The caller ID is not a destination: the special-number rules do not apply
+        // to it (the SPEC's own example uses a fictional 555-01XX number), only the
+        // E.164 shape the vendor requires.
+        let from_number = validate_e164(&file.from_number)
             .map_err(|e| field("from_number", format!("`{}`: {e}", file.from_number)))?;
         let window_start = parse_hhmm(&file.window.start).map_err(|m| field("window.start", m))?;
         let window_end = parse_hhmm(&file.window.end).map_err(|m| field("window.end", m))?;
@@ -312,6 +314,20 @@ impl CampaignSpec {
             .map(|(n, _)| *n)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// `+` and 8 to 15 digits, the first not 0 (ITU-T E.164).
+pub fn validate_e164(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix('+').ok_or("must start with + (E.164)")?;
+    if (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+    {
+        Ok(t.to_owned())
+    } else {
+        Err("is not an E.164 number (+ and 8-15 digits)".into())
     }
 }
 

@@ -148,3 +148,65 @@ pub fn status_text(report: &crate::store::StatusReport) -> String {
     }
     out
 }
+
+/// Logs: JSON when not on a terminal (or when configured), human-readable otherwise.
+pub fn init_logging(settings: &Settings) {
+    use crate::config::LogFormat;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    let json = match settings.log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+        token.cancel();
+    });
+}
+
+pub fn parse_at(
+    at: Option<&str>,
+    clock: &crate::clock::Clock,
+) -> Result<chrono::DateTime<chrono::Utc>, CliError> {
+    match at {
+        None => Ok(clock.now()),
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| {
+                CliError::Usage(format!(
+                    "--at `{s}` is not an RFC 3339 time like 2026-11-18T15:00:00-05:00"
+                ))
+            }),
+    }
+}
+
+pub fn scrub_err(e: crate::scrub::ScrubError) -> CliError {
+    match e {
+        crate::scrub::ScrubError::Usage(m) => CliError::Usage(m),
+        crate::scrub::ScrubError::Runtime(m) => CliError::Runtime(m),
+    }
+}

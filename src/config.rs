@@ -103,6 +103,9 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub retry: RetrySettings,
+    /// State-rule overrides and operator blackouts (validated by the engine).
+    #[serde(default)]
+    pub compliance: crate::compliance::RulesConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -285,6 +288,8 @@ impl Settings {
         let mut settings: Settings = deserialize_named(merged)?;
         settings.read_secret_files()?;
         settings.validate()?;
+        crate::compliance::Engine::new(&settings.compliance)
+            .map_err(|e| key_err("compliance", e.to_string()))?;
         Ok(settings)
     }
 
@@ -465,7 +470,8 @@ const OPTIONAL_KEYS: &[&str] = &[
 ];
 
 fn check_known(defaults: &toml::Table, key: &str) -> Result<(), ConfigError> {
-    if OPTIONAL_KEYS.contains(&key) {
+    // `[compliance]` is an open table (states, blackouts) checked by its own types.
+    if OPTIONAL_KEYS.contains(&key) || key == "compliance" || key.starts_with("compliance.") {
         return Ok(());
     }
     let mut table = defaults;
@@ -646,9 +652,50 @@ mod tests {
     fn a_file_layer_merges_section_by_section() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "[worker]\nbatch_size = 9\n[database]\nmax_connections = 3\n").unwrap();
-        let s = Settings::load(&Sources { file: Some(p), ..Default::default() }).unwrap();
-        assert_eq!((s.worker.batch_size, s.database.max_connections, s.worker.max_in_flight), (9, 3, 100));
+        std::fs::write(
+            &p,
+            "[worker]\nbatch_size = 9\n[database]\nmax_connections = 3\n",
+        )
+        .unwrap();
+        let s = Settings::load(&Sources {
+            file: Some(p),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                s.worker.batch_size,
+                s.database.max_connections,
+                s.worker.max_in_flight
+            ),
+            (9, 3, 100)
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_config_map_uses_only_known_keys() {
+        let text = include_str!("../deploy/k8s/config.toml");
+        let table: toml::Table = text.parse().unwrap();
+        let defaults: toml::Table = DEFAULTS_TOML.parse().unwrap();
+        let mut merged = defaults.clone();
+        merge_table(&mut merged, &defaults, table, "").unwrap();
+    }
+
+    #[test]
+    fn compliance_overrides_are_validated_naming_the_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[compliance.states.FL]\nhours = { start = \"09:00\", end = \"19:00\" }\nbogus = 1\n",
+        )
+        .unwrap();
+        let e = Settings::load(&Sources {
+            file: Some(p),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("compliance"), "{e}");
     }
 
     #[test]

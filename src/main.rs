@@ -33,6 +33,47 @@ enum Command {
     /// Load contacts, DNC lists, opt-outs and consent records.
     #[command(subcommand)]
     Import(ImportCmd),
+    /// The long-running worker: claims and dials, serves webhooks, metrics and probes.
+    Run {
+        /// Start the worker's clock at this instant (RFC 3339): for tests and demos,
+        /// so that calling windows behave the same at any hour. Never in production.
+        #[arg(long, hide = true)]
+        fake_now: Option<String>,
+    },
+    /// Run the RevDesk simulator (for the demo, tests and load runs).
+    Simulate {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Scenario file (see config/simulator.example.toml); none: accept everything.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+    /// Explain the pre-flight verdict for one number.
+    Check {
+        phone: String,
+        #[arg(long)]
+        campaign: Option<String>,
+        /// The instant to check (RFC 3339); default now.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        timezone: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The pre-flight verdict for every row of a contacts file (streamed).
+    Scrub {
+        file: PathBuf,
+        #[arg(long)]
+        campaign: Option<String>,
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ScrubFormat,
+    },
     /// Jobs per state and final reason, attempts, account halts.
     Status {
         #[arg(long)]
@@ -40,6 +81,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScrubFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +102,13 @@ enum CampaignCmd {
     Pause { name: String },
     /// Lift a pause (the operator's and any automatic one).
     Resume { name: String },
+    /// Put jobs dropped for a reason that may not be the contact's back in the queue.
+    Requeue {
+        name: String,
+        /// provider_failed, vendor_refused, idempotency_conflict or unexpected_response.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +229,29 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     }
                     Ok(EXIT_OK)
                 }
+                CampaignCmd::Requeue { name, reason } => {
+                    // Only reasons that may not be the contact's can be undone: a DNC,
+                    // opt-out or consent drop stays dropped.
+                    const UNDOABLE: &[&str] = &[
+                        "provider_failed",
+                        "vendor_refused",
+                        "idempotency_conflict",
+                        "unexpected_response",
+                    ];
+                    if !UNDOABLE.contains(&reason.as_str()) {
+                        return Err(CliError::Usage(format!(
+                            "`{reason}` cannot be requeued; one of: {}",
+                            UNDOABLE.join(", ")
+                        )));
+                    }
+                    let c = store
+                        .campaign(&name)
+                        .await?
+                        .ok_or_else(|| CliError::Usage(format!("unknown campaign `{name}`")))?;
+                    let n = store.requeue_dropped(c.id, &reason, now_ms).await?;
+                    println!("campaign {name}: {n} jobs dropped `{reason}` requeued");
+                    Ok(EXIT_OK)
+                }
                 CampaignCmd::Pause { name } | CampaignCmd::Resume { name }
                     if store.campaign(&name).await?.is_none() =>
                 {
@@ -226,6 +303,109 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     Ok(cli::finish_import("consents", &report, json))
                 }
             }
+        }
+        Command::Run { fake_now } => {
+            cli::init_logging(&settings);
+            let clock = match fake_now {
+                Some(t) => Clock::starting_at(cli::parse_at(Some(&t), &clock)?),
+                None => clock,
+            };
+            let store = cli::open_store(&settings, settings.database.migrate_on_start).await?;
+            let listener = tokio::net::TcpListener::bind(settings.listen_addr())
+                .await
+                .map_err(|e| {
+                    CliError::Runtime(format!("cannot listen on {}: {e}", settings.http.listen))
+                })?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            cli::cancel_on_signals(cancel.clone());
+            let app =
+                dialer::worker::build(settings, store, clock, cancel).map_err(|e| match e {
+                    dialer::worker::StartError::Config(..) => CliError::Usage(e.to_string()),
+                    dialer::worker::StartError::Runtime(m) => CliError::Runtime(m),
+                })?;
+            dialer::worker::serve(std::sync::Arc::new(app), listener, false)
+                .await
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            Ok(EXIT_OK)
+        }
+        Command::Simulate { listen, scenario } => {
+            cli::init_logging(&settings);
+            let scenario = match scenario {
+                Some(p) => dialer::simulator::Scenario::load(&p)
+                    .map_err(|e| CliError::Usage(e.to_string()))?,
+                None => dialer::simulator::Scenario::default(),
+            };
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot listen on {listen}: {e}")))?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            cli::cancel_on_signals(cancel.clone());
+            eprintln!(
+                "simulator listening on http://{}",
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or(listen)
+            );
+            dialer::simulator::serve(listener, scenario, cancel)
+                .await
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            Ok(EXIT_OK)
+        }
+        Command::Check {
+            phone,
+            campaign,
+            at,
+            state,
+            timezone,
+            json,
+        } => {
+            let at = cli::parse_at(at.as_deref(), &clock)?;
+            let store = cli::open_store(&settings, true).await?;
+            let engine = dialer::compliance::Engine::new(&settings.compliance)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let args = dialer::scrub::CheckArgs {
+                phone: &phone,
+                campaign: campaign.as_deref(),
+                at,
+                state: state.as_deref(),
+                timezone: timezone.as_deref(),
+                json,
+            };
+            let text = dialer::scrub::check(&store, &settings, &engine, args)
+                .await
+                .map_err(cli::scrub_err)?;
+            print!("{text}");
+            Ok(EXIT_OK)
+        }
+        Command::Scrub {
+            file,
+            campaign,
+            at,
+            format,
+        } => {
+            let at = cli::parse_at(at.as_deref(), &clock)?;
+            let store = cli::open_store(&settings, true).await?;
+            let engine = dialer::compliance::Engine::new(&settings.compliance)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let format = match format {
+                ScrubFormat::Csv => dialer::scrub::Format::Csv,
+                ScrubFormat::Jsonl => dialer::scrub::Format::Jsonl,
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+            dialer::scrub::scrub(
+                &store,
+                &settings,
+                &engine,
+                &file,
+                campaign.as_deref(),
+                at,
+                format,
+                &mut out,
+            )
+            .await
+            .map_err(cli::scrub_err)?;
+            Ok(EXIT_OK)
         }
         Command::Status { campaign, json } => {
             let store = cli::open_store(&settings, true).await?;

@@ -9,6 +9,7 @@
 //! and allow an instant only if, in every one of them, the local time is inside every
 //! applicable window on an allowed day. Windows are half-open `[open, close)`.
 
+mod caps;
 pub mod holidays;
 pub mod rules;
 pub mod verdict;

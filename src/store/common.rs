@@ -63,7 +63,7 @@ macro_rules! shared_sql {
                 Some((calls, per)) => (Some(calls as i32), Some(per.get().as_millis() as i64)),
                 None => (None, None),
             };
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM campaigns WHERE name = $1")
                 .bind(&spec.name)
                 .fetch_optional(&mut *tx)
@@ -137,7 +137,7 @@ macro_rules! shared_sql {
             mut rx: tokio::sync::mpsc::Receiver<Vec<DncRecord>>,
             now_ms: i64,
         ) -> Result<u64> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             let mut loaded = 0;
             let mut complete = false;
             while let Some(batch) = rx.recv().await {
@@ -179,7 +179,7 @@ macro_rules! shared_sql {
             pool: &$Pool,
             mut rx: tokio::sync::mpsc::Receiver<Vec<OptOutRecord>>,
         ) -> Result<u64> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             let mut loaded = 0;
             let mut complete = false;
             while let Some(batch) = rx.recv().await {
@@ -213,7 +213,7 @@ macro_rules! shared_sql {
             pool: &$Pool,
             mut rx: tokio::sync::mpsc::Receiver<Vec<ConsentRecord>>,
         ) -> Result<u64> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             let mut loaded = 0;
             let mut complete = false;
             while let Some(batch) = rx.recv().await {

@@ -5,10 +5,10 @@
 //! the database clock) lives in `postgres.rs` and `sqlite.rs`.
 
 mod common;
-mod worker_sql;
 pub mod postgres;
 pub mod sqlite;
 pub mod types;
+mod worker_sql;
 
 pub use types::*;
 
@@ -122,7 +122,14 @@ pub trait Store: Send + Sync + 'static {
     /// Claims up to `limit` due jobs under a lease (PostgreSQL: `FOR UPDATE SKIP
     /// LOCKED`; the lease runs on the database clock). Paused campaigns are skipped;
     /// `only_campaign` restricts the claim (a campaign's probe dial).
-    async fn claim(&self, owner: &str, limit: u32, now_ms: i64, lease_ms: i64, only_campaign: Option<i64>) -> Result<Vec<ClaimedJob>>;
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+        only_campaign: Option<i64>,
+    ) -> Result<Vec<ClaimedJob>>;
     /// Returns jobs whose lease expired to `queued` (a sent attempt becomes
     /// possibly placed and keeps its key). Returns how many were recovered.
     async fn recover_expired_leases(&self, now_ms: i64) -> Result<u64>;
@@ -131,13 +138,26 @@ pub trait Store: Send + Sync + 'static {
     /// The frequency-cap check and the recording of the attempt, as one atomic step
     /// (SPEC section 6): counts the number's calls in each cap window across all
     /// campaigns and workers, and reserves the attempt only if every cap allows it.
-    async fn reserve_attempt(&self, job: &ClaimedJob, key: &str, body: &str, caps: &[(u32, i64)], now_ms: i64) -> Result<Reservation>;
+    async fn reserve_attempt(
+        &self,
+        job: &ClaimedJob,
+        key: &str,
+        body: &str,
+        caps: &[(u32, i64)],
+        now_ms: i64,
+    ) -> Result<Reservation>;
     /// Marks the job `dialing` and counts one more send of its attempt, before the
     /// request leaves (so a crash after this point is seen as ambiguous).
     async fn mark_sending(&self, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()>;
     /// Applies a decision. The attempt part always applies (a 202 is never lost);
     /// the job part only while the guard holds. Returns whether the job part applied.
-    async fn update_job(&self, job_id: i64, guard: &Guard, update: &JobUpdate, now_ms: i64) -> Result<bool>;
+    async fn update_job(
+        &self,
+        job_id: i64,
+        guard: &Guard,
+        update: &JobUpdate,
+        now_ms: i64,
+    ) -> Result<bool>;
     async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>>;
     async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<()>;
     /// `dialer campaign requeue NAME --reason R`: dropped jobs back to the queue.
@@ -147,13 +167,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// An automatic pause (vendor answer); `until_ms` None waits for `campaign resume`.
     /// A pause for the same reason as the current one counts up (for doubling).
-    async fn pause_campaign(&self, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64) -> Result<()>;
+    async fn pause_campaign(
+        &self,
+        id: i64,
+        reason: &str,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<()>;
     async fn lift_auto_pause(&self, id: i64, now_ms: i64) -> Result<()>;
     /// Campaigns whose automatic pause has ended and that wait for a probe dial:
     /// takes the probe (pushing the pause by `hold_ms`) and returns their ids.
     async fn take_campaign_probes(&self, now_ms: i64, hold_ms: i64) -> Result<Vec<i64>>;
     async fn account_halt(&self, account: &str) -> Result<Option<AccountHalt>>;
-    async fn halt_account(&self, account: &str, reason: &str, probe_at_ms: i64, now_ms: i64) -> Result<()>;
+    async fn halt_account(
+        &self,
+        account: &str,
+        reason: &str,
+        probe_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<()>;
     async fn lift_account_halt(&self, account: &str) -> Result<()>;
     /// Takes the account's probe dial if it is due (one worker wins), pushing the
     /// next probe by `hold_ms`.
@@ -168,9 +200,20 @@ pub trait Store: Send + Sync + 'static {
     async fn inbox_pending(&self, call_id: &str) -> Result<Vec<InboxEvent>>;
     async fn inbox_mark_applied(&self, event_id: &str, result: &str, now_ms: i64) -> Result<()>;
     /// Placed attempts with no outcome since `placed_before_ms` (reconciliation).
-    async fn unsettled_attempts(&self, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>>;
+    async fn unsettled_attempts(
+        &self,
+        placed_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<AttemptRow>>;
     /// Records an outcome on an attempt whose job is already final (changes nothing else).
-    async fn record_outcome_only(&self, attempt_id: i64, code: &str, category: Option<&str>, source: &str, now_ms: i64) -> Result<bool>;
+    async fn record_outcome_only(
+        &self,
+        attempt_id: i64,
+        code: &str,
+        category: Option<&str>,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
 }
 
 /// Epoch milliseconds to RFC 3339 (UTC), for output.

@@ -11,7 +11,18 @@ mod sql {
 }
 
 mod wsql {
-    crate::store::worker_sql::worker_sql!(sqlx::Postgres, sqlx::PgPool, sqlx::postgres::PgRow, Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"));
+    crate::store::worker_sql::worker_sql!(
+        sqlx::Postgres,
+        sqlx::PgPool,
+        sqlx::postgres::PgRow,
+        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+    );
+}
+
+pub(crate) async fn begin_tx(
+    pool: &PgPool,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    pool.begin().await
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -34,9 +45,11 @@ impl PgStore {
 
     /// The database clock, in epoch ms: leases of all replicas use one clock.
     async fn db_now_ms(&self, _now_ms: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -106,7 +119,7 @@ impl Store for PgStore {
         due_at_ms: i64,
         mut rx: mpsc::Receiver<Vec<ContactRecord>>,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_tx(&self.pool).await?;
         sqlx::query(
             "CREATE TEMP TABLE import_contacts (line BIGSERIAL, phone TEXT, external_id TEXT, timezone TEXT, \
              state TEXT, postal_code TEXT, first_name TEXT, last_name TEXT, attributes TEXT) ON COMMIT DROP",
@@ -223,7 +236,13 @@ impl Store for PgStore {
     async fn mark_sending(&self, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()> {
         wsql::mark_sending(&self.pool, job_id, attempt_id, now_ms).await
     }
-    async fn update_job(&self, job_id: i64, guard: &Guard, update: &JobUpdate, now_ms: i64) -> Result<bool> {
+    async fn update_job(
+        &self,
+        job_id: i64,
+        guard: &Guard,
+        update: &JobUpdate,
+        now_ms: i64,
+    ) -> Result<bool> {
         wsql::update_job(&self.pool, job_id, guard, update, now_ms).await
     }
     async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>> {
@@ -235,7 +254,13 @@ impl Store for PgStore {
     async fn requeue_dropped(&self, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
         wsql::requeue_dropped(&self.pool, campaign_id, reason, now_ms).await
     }
-    async fn pause_campaign(&self, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64) -> Result<()> {
+    async fn pause_campaign(
+        &self,
+        id: i64,
+        reason: &str,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<()> {
         wsql::pause_campaign(&self.pool, id, reason, until_ms, now_ms).await
     }
     async fn lift_auto_pause(&self, id: i64, now_ms: i64) -> Result<()> {
@@ -247,7 +272,13 @@ impl Store for PgStore {
     async fn account_halt(&self, account: &str) -> Result<Option<AccountHalt>> {
         wsql::account_halt(&self.pool, account).await
     }
-    async fn halt_account(&self, account: &str, reason: &str, probe_at_ms: i64, now_ms: i64) -> Result<()> {
+    async fn halt_account(
+        &self,
+        account: &str,
+        reason: &str,
+        probe_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
         wsql::halt_account(&self.pool, account, reason, probe_at_ms, now_ms).await
     }
     async fn lift_account_halt(&self, account: &str) -> Result<()> {
@@ -271,14 +302,32 @@ impl Store for PgStore {
     async fn inbox_mark_applied(&self, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
         wsql::inbox_mark_applied(&self.pool, event_id, result, now_ms).await
     }
-    async fn unsettled_attempts(&self, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>> {
+    async fn unsettled_attempts(
+        &self,
+        placed_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<AttemptRow>> {
         wsql::unsettled_attempts(&self.pool, placed_before_ms, limit).await
     }
-    async fn record_outcome_only(&self, attempt_id: i64, code: &str, category: Option<&str>, source: &str, now_ms: i64) -> Result<bool> {
+    async fn record_outcome_only(
+        &self,
+        attempt_id: i64,
+        code: &str,
+        category: Option<&str>,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
         wsql::record_outcome_only(&self.pool, attempt_id, code, category, source, now_ms).await
     }
 
-    async fn claim(&self, owner: &str, limit: u32, now_ms: i64, lease_ms: i64, only_campaign: Option<i64>) -> Result<Vec<ClaimedJob>> {
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+        only_campaign: Option<i64>,
+    ) -> Result<Vec<ClaimedJob>> {
         // Lock due rows with SKIP LOCKED (concurrent workers take disjoint batches),
         // then lease them in one UPDATE. The lease runs on the database clock.
         let campaign_filter = match only_campaign {
@@ -307,7 +356,14 @@ impl Store for PgStore {
         wsql::jobs_with_attempts(&self.pool, &rows).await
     }
 
-    async fn reserve_attempt(&self, job: &ClaimedJob, key: &str, body: &str, caps: &[(u32, i64)], now_ms: i64) -> Result<Reservation> {
+    async fn reserve_attempt(
+        &self,
+        job: &ClaimedJob,
+        key: &str,
+        body: &str,
+        caps: &[(u32, i64)],
+        now_ms: i64,
+    ) -> Result<Reservation> {
         wsql::reserve_attempt(&self.pool, job, key, body, caps, now_ms).await
     }
 }

@@ -15,7 +15,21 @@ mod sql {
 }
 
 mod wsql {
-    crate::store::worker_sql::worker_sql!(sqlx::Sqlite, sqlx::SqlitePool, sqlx::sqlite::SqliteRow, None);
+    crate::store::worker_sql::worker_sql!(
+        sqlx::Sqlite,
+        sqlx::SqlitePool,
+        sqlx::sqlite::SqliteRow,
+        None
+    );
+}
+
+/// Write transactions take the write lock up front (`BEGIN IMMEDIATE`): a deferred
+/// transaction that reads and then writes fails with SQLITE_BUSY when another
+/// connection wrote in between, where an immediate one waits (busy_timeout).
+pub(crate) async fn begin_tx(
+    pool: &SqlitePool,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE").await
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -38,7 +52,10 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool, reserve_lock: Default::default() })
+        Ok(SqliteStore {
+            pool,
+            reserve_lock: Default::default(),
+        })
     }
 
     /// One process: the process clock is the clock.
@@ -94,7 +111,7 @@ impl Store for SqliteStore {
         due_at_ms: i64,
         mut rx: mpsc::Receiver<Vec<ContactRecord>>,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin_tx(&self.pool).await?;
         let mut loaded = 0;
         let mut complete = false;
         while let Some(batch) = rx.recv().await {
@@ -180,7 +197,13 @@ impl Store for SqliteStore {
     async fn mark_sending(&self, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()> {
         wsql::mark_sending(&self.pool, job_id, attempt_id, now_ms).await
     }
-    async fn update_job(&self, job_id: i64, guard: &Guard, update: &JobUpdate, now_ms: i64) -> Result<bool> {
+    async fn update_job(
+        &self,
+        job_id: i64,
+        guard: &Guard,
+        update: &JobUpdate,
+        now_ms: i64,
+    ) -> Result<bool> {
         wsql::update_job(&self.pool, job_id, guard, update, now_ms).await
     }
     async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>> {
@@ -192,7 +215,13 @@ impl Store for SqliteStore {
     async fn requeue_dropped(&self, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
         wsql::requeue_dropped(&self.pool, campaign_id, reason, now_ms).await
     }
-    async fn pause_campaign(&self, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64) -> Result<()> {
+    async fn pause_campaign(
+        &self,
+        id: i64,
+        reason: &str,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<()> {
         wsql::pause_campaign(&self.pool, id, reason, until_ms, now_ms).await
     }
     async fn lift_auto_pause(&self, id: i64, now_ms: i64) -> Result<()> {
@@ -204,7 +233,13 @@ impl Store for SqliteStore {
     async fn account_halt(&self, account: &str) -> Result<Option<AccountHalt>> {
         wsql::account_halt(&self.pool, account).await
     }
-    async fn halt_account(&self, account: &str, reason: &str, probe_at_ms: i64, now_ms: i64) -> Result<()> {
+    async fn halt_account(
+        &self,
+        account: &str,
+        reason: &str,
+        probe_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<()> {
         wsql::halt_account(&self.pool, account, reason, probe_at_ms, now_ms).await
     }
     async fn lift_account_halt(&self, account: &str) -> Result<()> {
@@ -228,19 +263,41 @@ impl Store for SqliteStore {
     async fn inbox_mark_applied(&self, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
         wsql::inbox_mark_applied(&self.pool, event_id, result, now_ms).await
     }
-    async fn unsettled_attempts(&self, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>> {
+    async fn unsettled_attempts(
+        &self,
+        placed_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<AttemptRow>> {
         wsql::unsettled_attempts(&self.pool, placed_before_ms, limit).await
     }
-    async fn record_outcome_only(&self, attempt_id: i64, code: &str, category: Option<&str>, source: &str, now_ms: i64) -> Result<bool> {
+    async fn record_outcome_only(
+        &self,
+        attempt_id: i64,
+        code: &str,
+        category: Option<&str>,
+        source: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
         wsql::record_outcome_only(&self.pool, attempt_id, code, category, source, now_ms).await
     }
 
-    async fn claim(&self, owner: &str, limit: u32, now_ms: i64, lease_ms: i64, only_campaign: Option<i64>) -> Result<Vec<ClaimedJob>> {
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+        only_campaign: Option<i64>,
+    ) -> Result<Vec<ClaimedJob>> {
         // One statement: SQLite runs it atomically (a single writer).
         let campaign_filter = match only_campaign {
-            Some(_) => "campaign_id = $5 AND campaign_id IN (SELECT id FROM campaigns WHERE NOT operator_paused)",
-            None => "campaign_id IN (SELECT id FROM campaigns WHERE NOT operator_paused AND auto_pause_reason IS NULL) \
-                     AND $5 IS NULL",
+            Some(_) => {
+                "campaign_id = $5 AND campaign_id IN (SELECT id FROM campaigns WHERE NOT operator_paused)"
+            }
+            None => {
+                "campaign_id IN (SELECT id FROM campaigns WHERE NOT operator_paused AND auto_pause_reason IS NULL) \
+                     AND $5 IS NULL"
+            }
         };
         let sql = format!(
             "UPDATE jobs SET status = 'running', lease_owner = $3, lease_expires_ms = $1 + $4, updated_at_ms = $1 \
@@ -260,7 +317,14 @@ impl Store for SqliteStore {
         wsql::jobs_with_attempts(&self.pool, &rows).await
     }
 
-    async fn reserve_attempt(&self, job: &ClaimedJob, key: &str, body: &str, caps: &[(u32, i64)], now_ms: i64) -> Result<Reservation> {
+    async fn reserve_attempt(
+        &self,
+        job: &ClaimedJob,
+        key: &str,
+        body: &str,
+        caps: &[(u32, i64)],
+        now_ms: i64,
+    ) -> Result<Reservation> {
         // One process serves SQLite: a mutex makes check-and-record atomic.
         let _guard = self.reserve_lock.lock().await;
         wsql::reserve_attempt(&self.pool, job, key, body, caps, now_ms).await

@@ -99,7 +99,7 @@ macro_rules! worker_sql {
 
         /// `db_now_ms`: the database clock (PostgreSQL) or the process clock (SQLite).
         pub(crate) async fn heartbeat(pool: &$Pool, id: &str, lease_ms: i64, db_now_ms: i64) -> Result<()> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             sqlx::query("UPDATE workers SET heartbeat_ms = $2 WHERE id = $1")
                 .bind(id)
                 .bind(db_now_ms)
@@ -141,7 +141,7 @@ macro_rules! worker_sql {
         /// ambiguous: the attempt becomes possibly placed (counted once) and keeps
         /// its key for the next worker.
         pub(crate) async fn recover_expired_leases(pool: &$Pool, db_now_ms: i64, now_ms: i64) -> Result<u64> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             let expired: Vec<(i64, Option<i64>)> = sqlx::query_as(
                 "SELECT id, current_attempt_id FROM jobs WHERE status IN ('running', 'dialing') AND lease_expires_ms < $1",
             )
@@ -182,7 +182,7 @@ macro_rules! worker_sql {
         }
 
         pub(crate) async fn release(pool: &$Pool, job_id: i64, owner: &str, now_ms: i64) -> Result<()> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             let row: Option<(String, Option<i64>)> =
                 sqlx::query_as("SELECT status, current_attempt_id FROM jobs WHERE id = $1 AND lease_owner = $2")
                     .bind(job_id)
@@ -254,7 +254,7 @@ macro_rules! worker_sql {
             caps: &[(u32, i64)],
             now_ms: i64,
         ) -> Result<Reservation> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             let lock: Option<&str> = $lock_number;
             if let Some(lock) = lock {
                 sqlx::query(lock).bind(&job.phone).execute(&mut *tx).await?;
@@ -296,7 +296,7 @@ macro_rules! worker_sql {
         }
 
         pub(crate) async fn mark_sending(pool: &$Pool, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             sqlx::query(
                 "UPDATE attempts SET sends = sends + 1, first_sent_at_ms = COALESCE(first_sent_at_ms, $2), \
                  last_sent_at_ms = $2 WHERE id = $1",
@@ -323,7 +323,7 @@ macro_rules! worker_sql {
         }
 
         pub(crate) async fn update_job(pool: &$Pool, job_id: i64, guard: &Guard, u: &JobUpdate, now_ms: i64) -> Result<bool> {
-            let mut tx = pool.begin().await?;
+            let mut tx = super::begin_tx(pool).await?;
             if let Some(a) = &u.attempt {
                 match a.placement {
                     Some(Placement::Placed) | Some(Placement::PossiblyPlaced) => {

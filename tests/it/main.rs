@@ -3,5 +3,6 @@
 mod support;
 
 mod cli;
+mod e2e;
 mod storage;
 mod vendor;

@@ -1,0 +1,413 @@
+//! The dial of one attempt: pacing, the time rules again right before every
+//! request, the request, and the decision on its answer (retries included).
+
+use super::app::{ACCOUNT, App, CampaignCtx, Probe, jitter_ms};
+use crate::compliance::Recipient;
+use crate::decision::{self, Action, Counter, DialContext};
+use crate::metrics as m;
+use crate::revdesk::wire::DialResult;
+use crate::store::{AttemptRow, AttemptUpdate, ClaimedJob, CounterChange, JobUpdate, Placement};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Instant;
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+impl App {
+    pub(crate) async fn dial_loop(
+        self: &Arc<Self>,
+        mut job: ClaimedJob,
+        campaign: Arc<CampaignCtx>,
+        recipient: Recipient,
+        mut attempt: AttemptRow,
+        probe: Option<Probe>,
+    ) -> anyhow::Result<()> {
+        let cname = campaign.row.name.clone();
+        job.current_attempt = Some(attempt.clone());
+        // A key kept past revdesk.key_ttl is never re-sent (the vendor may have
+        // forgotten it): the attempt is settled as possibly placed, unknown outcome.
+        if attempt.placement == Placement::PossiblyPlaced {
+            let now = self.now();
+            let pauses = self.pause_counts_snapshot();
+            let ctx = DialContext {
+                settings: &campaign.settings,
+                prior_attempts: prior_attempts(&job, &attempt),
+                max_attempts: campaign.row.max_attempts.max(1) as u32,
+                possibly_placed: true,
+                attempt_started_at: attempt
+                    .first_sent_at_ms
+                    .and_then(DateTime::from_timestamp_millis)
+                    .unwrap_or(now),
+                provider_retries: job.provider_retries.max(0) as u32,
+                provider_requeues: job.provider_requeues.max(0) as u32,
+                vendor_refusals: job.vendor_refusals.max(0) as u32,
+                next_allowed: None,
+                consecutive_429s: self.consecutive_429s(),
+                breaker_tripped: false,
+                pauses: &pauses,
+            };
+            let settled = decision::settle_expired_key(&ctx, now, &mut rand::rng());
+            if let Some(d) = settled {
+                tracing::warn!(
+                    job_id = job.id,
+                    "idempotency key older than revdesk.key_ttl: settling the attempt as possibly placed"
+                );
+                let mut u = JobUpdate {
+                    status: "exhausted",
+                    reason: Some("key_expired".into()),
+                    reason_source: Some("local"),
+                    clear_current_attempt: true,
+                    ..Default::default()
+                };
+                if let Action::Requeue { at, .. } = d.action {
+                    u.status = "queued";
+                    u.due_at_ms = Some(ms(at));
+                }
+                self.update(&job, &u).await?;
+                return Ok(());
+            }
+        }
+        loop {
+            // Pacing: the account rate (shared by live workers) and the campaign's.
+            let waited = tokio::select! {
+                w = self.pacer.until_ready(Some(&cname)) => w,
+                _ = self.cancel.cancelled() => {
+                    self.store.release(job.id, &self.worker_id, ms(self.now())).await?;
+                    return Ok(());
+                }
+            };
+            metrics::histogram!(m::RATE_WAIT).record(waited.as_secs_f64());
+
+            // The time rules again, immediately before the request (SPEC section 6).
+            let now = self.now();
+            let tv = self.engine.evaluate_time(&recipient, &campaign.policy, now);
+            if !tv.is_allow() {
+                self.store
+                    .insert_audit(&[self.audit(&job, &tv, "pre_request")])
+                    .await?;
+                self.apply_verdict(&job, &cname, &tv, attempt.sends > 0)
+                    .await?;
+                return Ok(());
+            }
+
+            self.store.mark_sending(job.id, attempt.id, ms(now)).await?;
+            attempt.sends += 1;
+            if attempt.first_sent_at_ms.is_none() {
+                attempt.first_sent_at_ms = Some(ms(now));
+            }
+            job.current_attempt = Some(attempt.clone());
+            let started = Instant::now();
+            let result = self
+                .client
+                .dial(&attempt.idempotency_key, attempt.request_body.as_bytes())
+                .await;
+            metrics::histogram!(m::DIAL_DURATION).record(started.elapsed().as_secs_f64());
+            let (code, category) = labels(&result);
+            metrics::counter!(m::DIAL_REQUESTS, "campaign" => cname.clone(), "code" => code.clone(), "category" => category.clone())
+                .increment(1);
+
+            let tripped = {
+                let mut b = self.breaker_lock();
+                b.record(result.is_ambiguous());
+                b.is_tripped()
+            };
+            let now = self.now();
+            let pauses = self.pause_counts_snapshot();
+            let next_allowed = {
+                // The next locally allowed time after the earliest vendor floor.
+                let floor = now
+                    + chrono::Duration::from_std(campaign.settings.compliance_min)
+                        .unwrap_or_default();
+                self.engine
+                    .next_allowed(&recipient, &campaign.policy, floor)
+            };
+            let ctx = DialContext {
+                settings: &campaign.settings,
+                prior_attempts: prior_attempts(&job, &attempt),
+                max_attempts: campaign.row.max_attempts.max(1) as u32,
+                possibly_placed: attempt.placement == Placement::PossiblyPlaced,
+                attempt_started_at: attempt
+                    .first_sent_at_ms
+                    .and_then(DateTime::from_timestamp_millis)
+                    .unwrap_or(now),
+                provider_retries: job.provider_retries.max(0) as u32,
+                provider_requeues: job.provider_requeues.max(0) as u32,
+                vendor_refusals: job.vendor_refusals.max(0) as u32,
+                next_allowed,
+                consecutive_429s: self.consecutive_429s(),
+                breaker_tripped: tripped,
+                pauses: &pauses,
+            };
+            let d = decision::decide_dial(&result, &ctx, now, &mut rand::rng());
+            self.side_effects(&d, &job, &campaign, &result).await?;
+
+            let (status, response_code, response_category) = response_fields(&result);
+            let placement = if d.possibly_placed {
+                Some(Placement::PossiblyPlaced)
+            } else if matches!(d.action, Action::Placed { .. }) {
+                Some(Placement::Placed)
+            } else if !d.attempt_counts && !d.keep_key {
+                Some(Placement::NotPlaced)
+            } else {
+                None
+            };
+            if placement == Some(Placement::PossiblyPlaced) {
+                attempt.placement = Placement::PossiblyPlaced;
+            }
+            let mut au = AttemptUpdate {
+                id: attempt.id,
+                placement,
+                response_status: status,
+                response_code: response_code.clone(),
+                response_category: response_category.clone(),
+                ..Default::default()
+            };
+            let mut u = JobUpdate {
+                status: "queued",
+                last_code: Some(code.clone()),
+                last_category: response_category.clone(),
+                clear_current_attempt: !d.keep_key,
+                ..Default::default()
+            };
+            match d.counter {
+                Some(Counter::ProviderRetry) => u.provider_retries = CounterChange::Increment,
+                Some(Counter::ProviderRequeue) => {
+                    u.provider_requeues = CounterChange::Increment;
+                    u.provider_retries = CounterChange::Reset;
+                }
+                Some(Counter::VendorRefusal) => u.vendor_refusals = CounterChange::Increment,
+                Some(Counter::Consecutive429) | None => {}
+            }
+            let probe_ok = !matches!(
+                d.action,
+                Action::HaltAccount { .. } | Action::HaltWorker { .. }
+            );
+            match &d.action {
+                Action::Retry { after } => {
+                    u.status = "running";
+                    u.attempt = Some(au);
+                    u.clear_current_attempt = false;
+                    self.update(&job, &u).await?;
+                    if d.counter == Some(Counter::ProviderRetry) {
+                        job.provider_retries += 1;
+                    }
+                    if d.possibly_placed
+                        && job
+                            .current_attempt
+                            .as_ref()
+                            .is_some_and(|a| a.placement == Placement::Reserved)
+                    {
+                        job.attempts += 1;
+                    }
+                    if d.possibly_placed {
+                        attempt.placement = Placement::PossiblyPlaced;
+                    }
+                    job.current_attempt = Some(attempt.clone());
+                    tracing::debug!(job_id = job.id, code = %code, after_ms = after.as_millis() as u64, "retrying with the same key");
+                    tokio::select! {
+                        _ = tokio::time::sleep(*after) => continue,
+                        _ = self.cancel.cancelled() => {
+                            self.store.release(job.id, &self.worker_id, ms(self.now())).await?;
+                            return Ok(());
+                        }
+                    }
+                }
+                Action::Placed { call_id } => {
+                    au.call_id = Some(call_id.clone());
+                    u.status = "awaiting_outcome";
+                    u.attempt = Some(au);
+                    u.clear_current_attempt = false;
+                    self.update(&job, &u).await?;
+                    self.pacer.on_success();
+                    self.consecutive_429_reset();
+                    self.apply_pending_events(call_id).await?;
+                }
+                Action::Done => {
+                    u.status = "done";
+                    u.attempt = Some(au);
+                    u.clear_current_attempt = true;
+                    self.update(&job, &u).await?;
+                }
+                Action::Requeue { at, reason } => {
+                    u.due_at_ms = Some(ms(*at));
+                    u.reason = Some(reason.as_str().to_owned());
+                    u.reason_source = Some("vendor");
+                    u.attempt = Some(au);
+                    self.update(&job, &u).await?;
+                }
+                Action::Drop { reason, source } => {
+                    u.status = "dropped";
+                    u.reason = Some(reason.as_str().to_owned());
+                    u.reason_source = Some(source.as_str());
+                    u.attempt = Some(au);
+                    u.clear_current_attempt = true;
+                    if reason.is_labelled() {
+                        tracing::warn!(
+                            job_id = job.id,
+                            reason = reason.as_str(),
+                            "dropped for a reason that may not be the contact's; `dialer campaign requeue` undoes it"
+                        );
+                    }
+                    self.update(&job, &u).await?;
+                }
+                Action::Exhausted => {
+                    u.status = "exhausted";
+                    u.reason = Some("max_attempts".into());
+                    u.attempt = Some(au);
+                    u.clear_current_attempt = true;
+                    self.update(&job, &u).await?;
+                }
+                Action::PauseCampaign {
+                    reason,
+                    until,
+                    job_due,
+                } => {
+                    tracing::warn!(campaign = %cname, reason = reason.as_str(), until = ?until, "pausing the campaign");
+                    self.store
+                        .pause_campaign(job.campaign_id, reason.as_str(), until.map(ms), ms(now))
+                        .await?;
+                    self.bump_pause(reason.as_str());
+                    u.due_at_ms = Some(ms(*job_due));
+                    u.reason = Some(reason.as_str().to_owned());
+                    u.reason_source = Some("vendor");
+                    u.attempt = Some(au);
+                    self.update(&job, &u).await?;
+                }
+                Action::HaltAccount {
+                    reason,
+                    probe_at,
+                    job_due,
+                } => {
+                    tracing::error!(reason = reason.as_str(), probe_at = %probe_at, "halting dialing for the account");
+                    self.store
+                        .halt_account(ACCOUNT, reason.as_str(), ms(*probe_at), ms(now))
+                        .await?;
+                    self.bump_pause(reason.as_str());
+                    u.due_at_ms = Some(ms(*job_due) + jitter_ms(30_000));
+                    u.reason = Some(reason.as_str().to_owned());
+                    u.reason_source = Some("vendor");
+                    u.attempt = Some(au);
+                    self.update(&job, &u).await?;
+                }
+                Action::HaltWorker {
+                    reason,
+                    probe_at,
+                    job_due,
+                } => {
+                    tracing::error!(reason = reason.as_str(), code = %code, "halting this worker's dialing: configuration or credential fault");
+                    self.set_worker_halt(Some((reason.as_str().to_owned(), *probe_at)))
+                        .await;
+                    u.due_at_ms = Some(ms(*job_due));
+                    u.reason = Some(reason.as_str().to_owned());
+                    u.reason_source = Some("vendor");
+                    u.attempt = Some(au);
+                    self.update(&job, &u).await?;
+                }
+            }
+            if let Some(p) = probe {
+                if probe_ok {
+                    self.probe_succeeded(p, job.campaign_id).await?;
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Metrics, local list updates and pacing changes that come with a decision.
+    async fn side_effects(
+        &self,
+        d: &decision::Decision,
+        job: &ClaimedJob,
+        campaign: &CampaignCtx,
+        result: &DialResult,
+    ) -> anyhow::Result<()> {
+        if d.preflight_miss {
+            let (code, _) = labels(result);
+            metrics::counter!(m::PREFLIGHT_MISSES, "code" => code).increment(1);
+            tracing::warn!(
+                job_id = job.id,
+                "the vendor refused a call that pre-flight allowed"
+            );
+        }
+        if d.unknown_code {
+            metrics::counter!(m::UNKNOWN_CODES).increment(1);
+        }
+        if let Some(hold) = d.lower_rate {
+            self.pacer.backoff(hold);
+        }
+        if d.counter == Some(Counter::Consecutive429) {
+            self.consecutive_429_bump();
+        }
+        let now = ms(self.now());
+        if d.add_to_dnc {
+            self.add_local_dnc(&job.phone, now).await?;
+        }
+        if d.add_to_opt_outs {
+            self.add_local_opt_out(&job.phone, &campaign.row.name, now)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Counted attempts before the current one (the current one counts once it is
+/// placed or possibly placed).
+fn prior_attempts(job: &ClaimedJob, attempt: &AttemptRow) -> u32 {
+    let counted_current = matches!(
+        attempt.placement,
+        Placement::PossiblyPlaced | Placement::Placed
+    );
+    (job.attempts.max(0) as u32).saturating_sub(counted_current as u32)
+}
+
+/// Metric labels of an answer: code and category (bounded values).
+pub fn labels(r: &DialResult) -> (String, String) {
+    match r {
+        DialResult::Accepted { .. } => ("accepted".into(), "none".into()),
+        DialResult::Api { error, .. } => {
+            let code = if error.known_code().is_some() {
+                error.code.clone()
+            } else {
+                "unknown".into()
+            };
+            let cat = match (error.known_category(), error.category.as_deref()) {
+                (Some(c), _) => c.as_str().to_owned(),
+                (None, Some(_)) => "unknown".into(),
+                (None, None) => error
+                    .known_code()
+                    .and_then(|c| c.category())
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_else(|| "none".into()),
+            };
+            (code, cat)
+        }
+        DialResult::NotEnvelope { status, .. } => (
+            "not_envelope".into(),
+            if *status >= 500 {
+                "provider_error".into()
+            } else {
+                "none".into()
+            },
+        ),
+        DialResult::Timeout => ("timeout".into(), "provider_error".into()),
+        DialResult::Connection { .. } => ("connection_error".into(), "provider_error".into()),
+    }
+}
+
+fn response_fields(r: &DialResult) -> (Option<i32>, Option<String>, Option<String>) {
+    match r {
+        DialResult::Accepted { .. } => (Some(202), None, None),
+        DialResult::Api { status, error, .. } => (
+            Some(*status as i32),
+            Some(error.code.clone()),
+            error.category.clone(),
+        ),
+        DialResult::NotEnvelope { status, .. } => {
+            (Some(*status as i32), Some("not_envelope".into()), None)
+        }
+        DialResult::Timeout => (None, Some("timeout".into()), None),
+        DialResult::Connection { .. } => (None, Some("connection_error".into()), None),
+    }
+}

@@ -1,0 +1,325 @@
+//! `dialer run`: the claim loop, heartbeats and lease recovery, reconciliation,
+//! gauges, and a clean stop on SIGTERM/SIGINT.
+
+use super::app::{ACCOUNT, App, FACTS_LOOKBACK, Probe};
+use crate::decision::PauseCounts;
+use crate::metrics as m;
+use crate::store::{Backend, ClaimedJob, NumberFacts};
+use crate::worker::breaker::CircuitBreaker;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How long a taken probe holds off other probes (the probe dial itself decides).
+const PROBE_HOLD_MS: i64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "another worker ({0}) is live on this SQLite database; several workers need PostgreSQL"
+    )]
+    SqliteBusy(String),
+}
+
+impl App {
+    pub(crate) fn breaker_lock(&self) -> MutexGuard<'_, CircuitBreaker> {
+        self.breaker_mutex().lock().expect("poisoned")
+    }
+
+    pub(crate) fn pause_counts_snapshot(&self) -> PauseCounts {
+        self.pause_counts_mutex().lock().expect("poisoned").clone()
+    }
+
+    pub(crate) fn bump_pause(&self, reason: &str) {
+        *self
+            .pause_counts_mutex()
+            .lock()
+            .expect("poisoned")
+            .0
+            .entry(reason.to_owned())
+            .or_default() += 1;
+    }
+
+    pub(crate) async fn set_worker_halt(&self, halt: Option<(String, DateTime<Utc>)>) {
+        let previous = std::mem::replace(
+            &mut *self.worker_halt_mutex().lock().expect("poisoned"),
+            halt.clone(),
+        );
+        if let Some((r, _)) = &previous {
+            metrics::gauge!(m::DIALING_HALTED, "reason" => r.clone()).set(0.0);
+        }
+        if let Some((r, _)) = &halt {
+            metrics::gauge!(m::DIALING_HALTED, "reason" => r.clone()).set(1.0);
+        }
+        let reason = halt.as_ref().map(|(r, _)| r.as_str());
+        if let Err(e) = self.store.set_worker_halt(&self.worker_id, reason).await {
+            tracing::warn!(error = %e, "could not record the worker halt");
+        }
+    }
+
+    /// Claims and processes jobs until cancelled (or, with `until_idle`, until no job
+    /// is due and nothing is in flight or awaiting an outcome). Returns after
+    /// in-flight jobs finished or were released.
+    pub async fn claim_loop(self: &Arc<Self>, until_idle: bool) -> anyhow::Result<()> {
+        let s = &self.settings.worker;
+        let sem = Arc::new(Semaphore::new(s.max_in_flight as usize));
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let poll = s.poll_interval.get();
+        let lease_ms = s.lease.get().as_millis() as i64;
+        let mut idle_rounds = 0u32;
+        loop {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let now = self.now();
+            let now_ms = now.timestamp_millis();
+            let mut probe = None;
+            let mut limit = s.batch_size;
+            if let Some((reason, probe_at)) = self.worker_halt() {
+                if probe_at > now {
+                    self.nap(poll).await;
+                    continue;
+                }
+                // One probe dial decides whether the fault cleared.
+                self.set_worker_halt(Some((
+                    reason,
+                    now + chrono::Duration::milliseconds(PROBE_HOLD_MS),
+                )))
+                .await;
+                probe = Some(Probe::Worker);
+                limit = 1;
+            }
+            if probe.is_none() {
+                if let Some(h) = self.store.account_halt(ACCOUNT).await? {
+                    metrics::gauge!(m::DIALING_HALTED, "reason" => h.reason.clone()).set(1.0);
+                    if h.probe_at_ms <= now_ms
+                        && self
+                            .store
+                            .take_account_probe(ACCOUNT, now_ms, PROBE_HOLD_MS)
+                            .await?
+                    {
+                        tracing::info!(reason = %h.reason, "account halt: sending one probe dial");
+                        probe = Some(Probe::Account);
+                        limit = 1;
+                    } else {
+                        self.nap(poll).await;
+                        continue;
+                    }
+                }
+            }
+            let mut claimed: Vec<(ClaimedJob, Option<Probe>)> = Vec::new();
+            if probe.is_none() {
+                for cid in self
+                    .store
+                    .take_campaign_probes(now_ms, PROBE_HOLD_MS)
+                    .await?
+                {
+                    tracing::info!(
+                        campaign_id = cid,
+                        "campaign pause ended: sending one probe dial"
+                    );
+                    for j in self
+                        .store
+                        .claim(&self.worker_id, 1, now_ms, lease_ms, Some(cid))
+                        .await?
+                    {
+                        claimed.push((j, Some(Probe::Campaign(cid))));
+                    }
+                }
+            }
+            let permits = sem.available_permits() as u32;
+            if permits == 0 {
+                tokio::select! {
+                    _ = tasks.join_next() => {},
+                    _ = self.cancel.cancelled() => {},
+                }
+                continue;
+            }
+            let room = permits.saturating_sub(claimed.len() as u32).min(limit);
+            if room > 0 {
+                for j in self
+                    .store
+                    .claim(&self.worker_id, room, now_ms, lease_ms, None)
+                    .await?
+                {
+                    claimed.push((j, probe));
+                }
+            }
+            if claimed.is_empty() {
+                if until_idle && tasks.is_empty() && self.quiescent().await? {
+                    idle_rounds += 1;
+                    if idle_rounds >= 2 {
+                        break;
+                    }
+                } else {
+                    idle_rounds = 0;
+                }
+                self.nap(poll).await;
+                continue;
+            }
+            idle_rounds = 0;
+            let facts = self.facts_for(&claimed).await?;
+            for (job, p) in claimed {
+                let f = facts
+                    .get(&(job.campaign_id, job.phone.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                let permit = sem.clone().acquire_owned().await?;
+                self.held.lock().expect("poisoned").insert(job.id);
+                let app = self.clone();
+                tasks.spawn(async move {
+                    app.process(job, f, p).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Stop: finish in-flight jobs within the grace period, then release the rest.
+        let grace = self.settings.worker.shutdown_grace.get();
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let held: Vec<i64> = self.held.lock().expect("poisoned").drain().collect();
+        for id in held {
+            self.store
+                .release(id, &self.worker_id, self.now().timestamp_millis())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn nap(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {},
+            _ = self.cancel.cancelled() => {},
+        }
+    }
+
+    /// Nothing due, nothing in flight, nothing awaiting an outcome (the demo's end).
+    async fn quiescent(&self) -> anyhow::Result<bool> {
+        let report = self
+            .store
+            .status(None, self.now().timestamp_millis())
+            .await?;
+        let busy: i64 = report
+            .campaigns
+            .iter()
+            .map(|c| c.jobs["running"] + c.jobs["dialing"] + c.jobs["awaiting_outcome"])
+            .sum();
+        Ok(busy == 0)
+    }
+
+    async fn facts_for(
+        &self,
+        jobs: &[(ClaimedJob, Option<Probe>)],
+    ) -> anyhow::Result<HashMap<(i64, String), NumberFacts>> {
+        let mut by_campaign: HashMap<i64, Vec<String>> = HashMap::new();
+        for (j, _) in jobs {
+            by_campaign
+                .entry(j.campaign_id)
+                .or_default()
+                .push(j.phone.clone());
+        }
+        let since = (self.now() - FACTS_LOOKBACK).timestamp_millis();
+        let mut out = HashMap::new();
+        for (cid, phones) in by_campaign {
+            let name = self.campaign(cid).await?.row.name.clone();
+            for f in self.store.facts(&phones, Some(&name), since).await? {
+                out.insert((cid, f.phone.clone()), f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Heartbeats, lease recovery, the live-worker share of the rate, reconciliation
+    /// and gauges, until cancelled.
+    pub async fn maintenance_loop(self: &Arc<Self>) {
+        let lease = self.settings.worker.lease.get();
+        let beat = lease / 3;
+        let mut last_reconcile = std::time::Instant::now();
+        let mut last_gauges = std::time::Instant::now() - Duration::from_secs(60);
+        loop {
+            let now_ms = self.now().timestamp_millis();
+            if let Err(e) = self
+                .store
+                .heartbeat(&self.worker_id, lease.as_millis() as i64, now_ms)
+                .await
+            {
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+            match self
+                .store
+                .live_workers(now_ms - lease.as_millis() as i64)
+                .await
+            {
+                Ok(live) => self.pacer.set_share(live.len().max(1) as u32),
+                Err(e) => tracing::warn!(error = %e, "cannot count live workers"),
+            }
+            match self.store.recover_expired_leases(now_ms).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(jobs = n, "recovered expired leases of a dead worker");
+                    metrics::counter!(m::LEASES_RECOVERED).increment(n);
+                }
+                Err(e) => tracing::warn!(error = %e, "lease recovery failed"),
+            }
+            if last_reconcile.elapsed()
+                >= Duration::from_secs(10).min(self.settings.outcome_timeout.get())
+            {
+                last_reconcile = std::time::Instant::now();
+                if let Err(e) = self.reconcile_once().await {
+                    tracing::warn!(error = %e, "reconciliation failed");
+                }
+            }
+            if last_gauges.elapsed() >= Duration::from_secs(5) {
+                last_gauges = std::time::Instant::now();
+                self.update_gauges().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(beat) => {},
+                _ = self.cancel.cancelled() => break,
+            }
+        }
+    }
+
+    async fn update_gauges(&self) {
+        if let Ok(report) = self.store.status(None, self.now().timestamp_millis()).await {
+            for c in report.campaigns {
+                for (state, n) in c.jobs {
+                    metrics::gauge!(m::JOBS, "campaign" => c.name.clone(), "state" => state)
+                        .set(n as f64);
+                }
+            }
+            if report.halted.is_empty() {
+                for r in [
+                    "voice_usage_exhausted",
+                    "no_active_subscription",
+                    "provider_outage",
+                ] {
+                    metrics::gauge!(m::DIALING_HALTED, "reason" => r).set(0.0);
+                }
+            }
+        }
+    }
+
+    /// Refuses a second worker process on SQLite (SPEC section 7).
+    pub async fn check_single_sqlite_worker(&self) -> anyhow::Result<()> {
+        if self.store.backend() == Backend::Sqlite {
+            let lease = self.settings.worker.lease.get().as_millis() as i64;
+            let live = self
+                .store
+                .live_workers(self.now().timestamp_millis() - lease)
+                .await?;
+            if let Some(other) = live.into_iter().find(|w| *w != self.worker_id) {
+                return Err(RunError::SqliteBusy(other).into());
+            }
+        }
+        Ok(())
+    }
+}
