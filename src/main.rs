@@ -397,10 +397,12 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 &store,
                 &settings,
                 &engine,
-                &file,
-                campaign.as_deref(),
-                at,
-                format,
+                dialer::scrub::ScrubArgs {
+                    path: &file,
+                    campaign: campaign.as_deref(),
+                    at,
+                    format,
+                },
                 &mut out,
             )
             .await

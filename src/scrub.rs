@@ -104,18 +104,29 @@ pub enum Format {
 
 const SCRUB_BATCH: usize = 1000;
 
+/// What to scrub and how to write it.
+pub struct ScrubArgs<'a> {
+    pub path: &'a std::path::Path,
+    pub campaign: Option<&'a str>,
+    pub at: DateTime<Utc>,
+    pub format: Format,
+}
+
 /// Streams a contacts file, writing one verdict per input row (bounded memory).
 /// Returns the number of rows written.
 pub async fn scrub(
     store: &DynStore,
     settings: &Settings,
     engine: &Engine,
-    path: &std::path::Path,
-    campaign: Option<&str>,
-    at: DateTime<Utc>,
-    format: Format,
+    args: ScrubArgs<'_>,
     out: &mut (dyn Write + Send),
 ) -> Result<u64, ScrubError> {
+    let ScrubArgs {
+        path,
+        campaign,
+        at,
+        format,
+    } = args;
     let policy = policy(store, settings, campaign).await?;
     let file = std::fs::File::open(path)
         .map_err(|e| ScrubError::Usage(format!("cannot read {}: {e}", path.display())))?;

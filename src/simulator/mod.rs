@@ -344,7 +344,7 @@ impl Sim {
                 prefix_rules.push((p.clone(), i));
             }
         }
-        prefix_rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefix_rules.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         let mut mix = Vec::new();
         let mut total = 0u64;
         for (name, weight) in &sc.outcomes.mix {

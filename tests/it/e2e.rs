@@ -1,6 +1,9 @@
 //! End to end: the real worker, the real simulator over loopback HTTP, a real
 //! database. These prove the guarantees of SPEC section 12.
 
+// A scenario reads best as the default plus the few knobs each test turns.
+#![allow(clippy::field_reassign_with_default)]
+
 use crate::both_backends;
 use crate::support::{TestDb, pg_admin_url};
 use chrono::{DateTime, Utc};
