@@ -70,6 +70,25 @@ impl App {
         let poll = s.poll_interval.get();
         let lease_ms = s.lease.get().as_millis() as i64;
         let mut idle_rounds = 0u32;
+        let mut db_failures = 0u32;
+        // A database error (failover, restart) must not stop the worker: log it,
+        // back off, and claim again; leases protect the jobs meanwhile.
+        macro_rules! db {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => {
+                        db_failures = 0;
+                        v
+                    }
+                    Err(e) => {
+                        db_failures += 1;
+                        tracing::warn!(error = %e, failures = db_failures, "database unavailable; retrying");
+                        self.nap(Duration::from_millis(200 * u64::from(db_failures.min(25)))).await;
+                        continue;
+                    }
+                }
+            };
+        }
         loop {
             if self.cancel.is_cancelled() {
                 break;
@@ -94,7 +113,7 @@ impl App {
                 limit = 1;
             }
             if probe.is_none() {
-                if let Some(h) = self.store.account_halt(ACCOUNT).await? {
+                if let Some(h) = db!(self.store.account_halt(ACCOUNT).await) {
                     metrics::gauge!(m::DIALING_HALTED, "reason" => h.reason.clone()).set(1.0);
                     if h.probe_at_ms <= now_ms
                         && self
@@ -150,7 +169,7 @@ impl App {
                 }
             }
             if claimed.is_empty() {
-                if until_idle && tasks.is_empty() && self.quiescent().await? {
+                if until_idle && tasks.is_empty() && db!(self.quiescent().await) {
                     idle_rounds += 1;
                     if idle_rounds >= 2 {
                         break;
@@ -162,7 +181,19 @@ impl App {
                 continue;
             }
             idle_rounds = 0;
-            let facts = self.facts_for(&claimed).await?;
+            let facts = match self.facts_for(&claimed).await {
+                Ok(f) => f,
+                Err(e) => {
+                    // Claimed but facts unreadable: give the jobs back (or let the
+                    // leases expire if the database is gone) and retry.
+                    tracing::warn!(error = %e, "cannot read pre-flight facts; releasing the claimed jobs");
+                    for (j, _) in &claimed {
+                        let _ = self.store.release(j.id, &self.worker_id, now_ms).await;
+                    }
+                    self.nap(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
             for (job, p) in claimed {
                 let f = facts
                     .get(&(job.campaign_id, job.phone.clone()))
