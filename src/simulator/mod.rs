@@ -344,7 +344,7 @@ impl Sim {
                 prefix_rules.push((p.clone(), i));
             }
         }
-        prefix_rules.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefix_rules.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         let mut mix = Vec::new();
         let mut total = 0u64;
         for (name, weight) in &sc.outcomes.mix {
@@ -989,6 +989,19 @@ async fn sim_webhooks(State(sim): State<Arc<Sim>>) -> Response {
     axum::Json(log).into_response()
 }
 
+/// Counts only: cheap to read after a load run of millions of requests.
+async fn sim_stats(State(sim): State<Arc<Sim>>) -> Response {
+    let requests = lock(&sim.log).len();
+    let calls: usize = sim.calls.iter().map(|s| lock(s).len()).sum();
+    let deliveries = sim.webhooks.as_ref().map_or(0, |w| lock(&w.log).len());
+    axum::Json(serde_json::json!({
+        "requests": requests,
+        "calls": calls,
+        "webhook_deliveries": deliveries,
+    }))
+    .into_response()
+}
+
 async fn sim_reset(State(sim): State<Arc<Sim>>) -> StatusCode {
     sim.reset();
     StatusCode::NO_CONTENT
@@ -1005,6 +1018,7 @@ fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/requests", get(sim_requests))
         .route("/_sim/calls", get(sim_calls))
         .route("/_sim/webhooks", get(sim_webhooks))
+        .route("/_sim/stats", get(sim_stats))
         .route("/_sim/reset", post(sim_reset))
         .fallback(not_found)
         .with_state(sim)
