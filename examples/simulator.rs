@@ -13,7 +13,9 @@ use axum::routing::post;
 use dialer::simulator::{Scenario, serve};
 use tokio_util::sync::CancellationToken;
 
-async fn bare_dial(_body: axum::body::Bytes) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+async fn bare_dial(
+    _body: axum::body::Bytes,
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
     (
         axum::http::StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({"data": {"id": "call_bare", "status": "queued"}})),
@@ -28,9 +30,15 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--listen" => listen = args.next().ok_or_else(|| anyhow::anyhow!("--listen ADDR"))?,
+            "--listen" => {
+                listen = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--listen ADDR"))?
+            }
             "--scenario" => {
-                let path = args.next().ok_or_else(|| anyhow::anyhow!("--scenario FILE"))?;
+                let path = args
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--scenario FILE"))?;
                 scenario = Scenario::load(path)?;
             }
             "--bare" => bare = true,
@@ -38,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    eprintln!("listening on {} ({})", listener.local_addr()?, if bare { "bare axum" } else { "simulator" });
+    eprintln!(
+        "listening on {} ({})",
+        listener.local_addr()?,
+        if bare { "bare axum" } else { "simulator" }
+    );
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
@@ -47,7 +59,9 @@ async fn main() -> anyhow::Result<()> {
     });
     if bare {
         let app = axum::Router::new().route("/v1/calls/dial", post(bare_dial));
-        axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await?;
         Ok(())
     } else {
         serve(listener, scenario, cancel).await
