@@ -156,7 +156,8 @@ fn disconnection_reason(code: &str) -> &'static str {
 }
 
 struct Stored {
-    body: Bytes,
+    /// A copy: the request's `Bytes` may share (and would pin) hyper's read buffer.
+    body: Box<[u8]>,
     call_id: Arc<str>,
 }
 
@@ -438,9 +439,10 @@ impl Sim {
         let key = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
+            .and_then(|v| v.trim().split_once(' '))
+            // The auth scheme is case-insensitive (RFC 9110 section 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, key)| key.trim());
         if key.is_empty() {
             return Err(Answer::known(Code::Unauthorized));
         }
@@ -806,7 +808,7 @@ fn answer_dial(
     if let Some(stored) = shard.get(key) {
         // Only successes are stored (SPEC.md section 7): same body, same 202;
         // another body under a key that succeeded is a conflict.
-        return if stored.body == *body {
+        return if *stored.body == **body {
             Answer::Replay(stored.call_id.clone())
         } else {
             Answer::known(Code::IdempotencyConflict)
@@ -817,7 +819,7 @@ fn answer_dial(
         shard.insert(
             key.to_owned(),
             Stored {
-                body: body.clone(),
+                body: Box::from(&body[..]),
                 call_id: call.id.clone(),
             },
         );
