@@ -43,6 +43,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 64;
+/// Pre-sized so the first 256k keys and calls of a load run cause no rehash.
+const SHARD_CAPACITY: usize = 4096;
 /// A dial body is two phone numbers; anything far larger is refused.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -190,6 +192,39 @@ fn disconnection_reason(code: &str) -> &'static str {
     }
 }
 
+/// Append-only, in fixed-size chunks: a push never moves (and re-faults) the
+/// hundreds of megabytes a long load run logs.
+#[derive(Default)]
+struct RequestLog {
+    chunks: Vec<Vec<RequestRecord>>,
+    len: usize,
+}
+
+impl RequestLog {
+    const CHUNK: usize = 1 << 16;
+
+    fn push(&mut self, rec: RequestRecord) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(rec),
+            _ => {
+                let mut chunk = Vec::with_capacity(Self::CHUNK);
+                chunk.push(rec);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn snapshot(&self) -> Vec<RequestRecord> {
+        self.chunks.iter().flatten().cloned().collect()
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.len = 0;
+    }
+}
+
 struct Stored {
     /// A copy: the request's `Bytes` may share (and would pin) hyper's read buffer.
     body: Box<[u8]>,
@@ -242,7 +277,7 @@ struct Sim {
     counters: Mutex<HashMap<(usize, String), Counters>>,
     idem: Vec<Mutex<FastMap<String, Stored>>>,
     calls: Vec<Mutex<FastMap<Arc<str>, Arc<Call>>>>,
-    log: Mutex<Vec<RequestRecord>>,
+    log: Mutex<RequestLog>,
     in_progress: Arc<AtomicUsize>,
     minutes_used: AtomicU64,
     limiter: Option<governor::DefaultDirectRateLimiter>,
@@ -418,12 +453,22 @@ impl Sim {
             prefix_rules,
             counters: Mutex::new(HashMap::new()),
             idem: (0..SHARDS)
-                .map(|_| Mutex::new(FastMap::default()))
+                .map(|_| {
+                    Mutex::new(FastMap::with_capacity_and_hasher(
+                        SHARD_CAPACITY,
+                        Default::default(),
+                    ))
+                })
                 .collect(),
             calls: (0..SHARDS)
-                .map(|_| Mutex::new(FastMap::default()))
+                .map(|_| {
+                    Mutex::new(FastMap::with_capacity_and_hasher(
+                        SHARD_CAPACITY,
+                        Default::default(),
+                    ))
+                })
                 .collect(),
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(RequestLog::default()),
             in_progress: Arc::new(AtomicUsize::new(0)),
             minutes_used: AtomicU64::new(0),
             limiter,
@@ -1026,7 +1071,7 @@ async fn get_call(
 }
 
 async fn sim_requests(State(sim): State<Arc<Sim>>) -> Response {
-    let log = lock(&sim.log).clone();
+    let log = lock(&sim.log).snapshot();
     axum::Json(log).into_response()
 }
 
@@ -1045,7 +1090,7 @@ async fn sim_webhooks(State(sim): State<Arc<Sim>>) -> Response {
 
 /// Counts only: cheap to read after a load run of millions of requests.
 async fn sim_stats(State(sim): State<Arc<Sim>>) -> Response {
-    let requests = lock(&sim.log).len();
+    let requests = lock(&sim.log).len;
     let calls: usize = sim.calls.iter().map(|s| lock(s).len()).sum();
     let deliveries = sim.webhooks.as_ref().map_or(0, |w| lock(&w.log).len());
     axum::Json(serde_json::json!({
@@ -1160,7 +1205,7 @@ impl Simulator {
 
     /// The request log, as `GET /_sim/requests` returns it.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.sim.log).clone()
+        lock(&self.sim.log).snapshot()
     }
 
     /// The placed calls in order, as `GET /_sim/calls` returns them.
