@@ -701,3 +701,102 @@ async fn every_documented_202_shape_yields_the_call_id() {
         assert_eq!(sim.calls()[0].id, id, "{shape:?}");
     }
 }
+
+#[tokio::test]
+async fn the_server_side_calling_window_refuses_outside_hours_and_days() {
+    use chrono::{DateTime, Utc};
+    let window = |at: &str| {
+        let scenario = Scenario::from_toml_str(
+            r#"calling_window = { timezone = "America/New_York", start = "08:00", end = "21:00", days = ["mon", "tue", "wed", "thu", "fri", "sat"] }"#,
+        )
+        .expect("valid scenario");
+        let start: DateTime<Utc> = at.parse().expect("RFC 3339");
+        (scenario, dialer::clock::Clock::starting_at(start))
+    };
+    // Wednesday 2026-11-25: 14:00 EST is inside, 21:00 EST (the closing minute) is not;
+    // Sunday 2026-11-29 14:00 EST is a day the scenario does not allow.
+    for (at, expected) in [
+        ("2026-11-25T19:00:00Z", None),
+        ("2026-11-26T02:00:00Z", Some("outside_calling_window")),
+        ("2026-11-29T19:00:00Z", Some("calling_day_not_allowed")),
+    ] {
+        let (scenario, clock) = window(at);
+        let sim = Simulator::start_with_clock(scenario, clock)
+            .await
+            .expect("start");
+        let result = client(&sim).dial("k", &body("+14155551234")).await;
+        match expected {
+            None => {
+                accepted(result);
+            }
+            Some(code) => assert_eq!(
+                api(&result),
+                (403, code, Some("compliance_blocked"), None),
+                "{at}"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_prefix_script_runs_per_number_and_its_last_answer_repeats() {
+    let scenario = Scenario::from_toml_str(
+        r#"
+        [[rules]]
+        prefix = "+1415555"
+        script = ["no_active_number", "accept", "caller_id_not_verified"]
+        [[rules]]
+        number = "+14155559999"
+        script = ["accept"]
+        "#,
+    )
+    .expect("valid scenario");
+    let sim = Simulator::start(scenario).await.expect("start");
+    let client = client(&sim);
+    let mut codes = Vec::new();
+    for (i, to) in [
+        "+14155551000",
+        "+14155551000",
+        "+14155552000",
+        "+14155551000",
+        "+14155551000",
+        "+14155559999",
+    ]
+    .iter()
+    .enumerate()
+    {
+        codes.push(match client.dial(&format!("k{i}"), &body(to)).await {
+            DialResult::Accepted { .. } => "202".to_owned(),
+            other => api(&other).1.to_owned(),
+        });
+    }
+    assert_eq!(
+        codes,
+        [
+            "no_active_number",
+            "202",
+            "no_active_number",
+            "caller_id_not_verified",
+            "caller_id_not_verified",
+            "202"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn injected_faults_follow_the_configured_rate() {
+    let sim =
+        Simulator::start(Scenario::from_toml_str("[faults]\nerror_rate = 1.0").expect("valid"))
+            .await
+            .expect("start");
+    let client = client(&sim);
+    for i in 0..20 {
+        let result = client.dial(&format!("k{i}"), &body("+14155551234")).await;
+        let (status, _, category, _) = api(&result);
+        assert!(
+            status >= 500 && category == Some("provider_error"),
+            "{result:?}"
+        );
+    }
+    assert!(sim.calls().is_empty());
+}
