@@ -276,7 +276,7 @@ pub fn spawn_worker(
         .env("DIALER__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("DIALER__WORKER__POLL_INTERVAL", "50ms")
         .env("DIALER__WORKER__LEASE", "3s")
-        .env("DIALER__REVDESK__TIMEOUT", "3s")
+        .env("DIALER__REVDESK__TIMEOUT", "5s")
         // An outage halts the account; here it probes again after 2s, not 15m.
         .env("DIALER__RETRY__ACCOUNT_HALT", "2s")
         .env("DIALER__RATE__PER_SECOND", "400")
@@ -348,9 +348,11 @@ async fn four_workers_and_a_sigkill_never_dial_an_attempt_twice() {
     scenario.webhook_url = Some(format!("http://127.0.0.1:{}/webhooks/revdesk", ports[0]));
     scenario.webhook_secret = SECRET.into();
     scenario.latency = Duration::from_millis(150);
-    scenario.stall_for = Duration::from_millis(4000);
-    scenario.faults.accept_then_stall_rate = 0.15;
-    scenario.faults.error_rate = 0.05;
+    // Place the call, then stall past the worker's 5s timeout: ambiguous answers that
+    // force same-key retries (kept low enough not to trip the outage breaker).
+    scenario.stall_for = Duration::from_millis(6000);
+    scenario.faults.accept_then_stall_rate = 0.06;
+    scenario.faults.error_rate = 0.02;
     let sim = Simulator::start_with_clock(scenario, clock())
         .await
         .unwrap();
@@ -379,7 +381,21 @@ async fn four_workers_and_a_sigkill_never_dial_an_attempt_twice() {
 
     let s2 = store.clone();
     let logs = dir.path().to_owned();
-    wait_until(Duration::from_secs(120), "every job is done", move || {
+    let url = db.url.clone();
+    tokio::spawn(async move {
+        // On a slow run, show what is not done yet (the test still decides).
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+            let rows: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+                "SELECT status, reason, last_code, due_at_ms FROM jobs WHERE status <> 'done' LIMIT 20",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            eprintln!("not done after 100s: {rows:?}");
+        }
+    });
+    wait_until(Duration::from_secs(180), "every job is done", move || {
         let s2 = s2.clone();
         let logs = logs.clone();
         async move {
@@ -404,8 +420,13 @@ async fn four_workers_and_a_sigkill_never_dial_an_attempt_twice() {
     for w in workers.iter_mut().take(3) {
         terminate(w);
     }
+    let requests = sim.requests();
+    assert!(
+        requests.iter().any(|r| r.replay_of.is_some()),
+        "no stalled call was re-sent and replayed: the test did not exercise ambiguity"
+    );
     let mut keys_by_number: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for r in sim.requests() {
+    for r in requests {
         keys_by_number
             .entry(r.to.unwrap_or_default())
             .or_default()
