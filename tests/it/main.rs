@@ -6,3 +6,4 @@ mod cli;
 mod e2e;
 mod storage;
 mod vendor;
+mod vendor_decisions;

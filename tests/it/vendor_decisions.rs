@@ -1,0 +1,121 @@
+//! The real client against the real simulator, then the decision table: every
+//! synchronous code of the vendor reference ends in the decision SPEC section 8 gives.
+
+use chrono::Utc;
+use dialer::decision::{self, Action, DialContext, PauseCounts, RetrySettings};
+use dialer::revdesk::client::Client;
+use dialer::revdesk::codes::{Phase, REFERENCE};
+use dialer::simulator::scenario::Rule;
+use dialer::simulator::{Scenario, Simulator};
+use secrecy::SecretString;
+use std::time::Duration;
+
+/// What SPEC section 8 says each code leads to, as the action's kind.
+fn expected(code: &str) -> &'static str {
+    match code {
+        "destination_invalid"
+        | "destination_blocked"
+        | "dnc_suppressed"
+        | "recipient_opted_out"
+        | "no_consent" => "drop",
+        "destination_missing" | "no_active_number" | "caller_id_not_verified" => "pause",
+        "outside_calling_window"
+        | "calling_day_not_allowed"
+        | "frequency_cap_exceeded"
+        | "rate_limited"
+        | "no_number_available" => "requeue",
+        "voice_usage_exhausted" | "no_active_subscription" => "halt_account",
+        "room_creation_failed"
+        | "agent_dispatch_failed"
+        | "sip_gateway_failed"
+        | "provider_api_error"
+        | "internal_error" => "retry",
+        "unauthorized" | "forbidden" | "not_found" => "halt_worker",
+        "validation_error" => "pause",
+        "idempotency_conflict" => "drop",
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+fn kind(a: &Action) -> &'static str {
+    match a {
+        Action::Placed { .. } => "placed",
+        Action::Done => "done",
+        Action::Retry { .. } => "retry",
+        Action::Requeue { .. } => "requeue",
+        Action::Drop { .. } => "drop",
+        Action::Exhausted => "exhausted",
+        Action::PauseCampaign { .. } => "pause",
+        Action::HaltAccount { .. } => "halt_account",
+        Action::HaltWorker { .. } => "halt_worker",
+    }
+}
+
+#[tokio::test]
+async fn every_synchronous_code_from_the_simulator_ends_in_the_specified_decision() {
+    let codes: Vec<&str> = REFERENCE
+        .iter()
+        .filter(|r| r.phase != Phase::Async)
+        .map(|r| r.name)
+        .collect();
+    let mut scenario = Scenario::default();
+    for (i, code) in codes.iter().enumerate() {
+        scenario
+            .rules
+            .push(Rule::for_number(&format!("+1212234{:04}", 8000 + i), &[code]).unwrap());
+    }
+    let sim = Simulator::start(scenario).await.unwrap();
+    let client = Client::new(
+        &sim.base_url(),
+        &SecretString::from("sk_test"),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+        4,
+    )
+    .unwrap();
+    let settings = RetrySettings::default();
+    let pauses = PauseCounts::default();
+    let now = Utc::now();
+    for (i, code) in codes.iter().enumerate() {
+        let body = format!(
+            r#"{{"from_number":"+14155550100","to_number":"+1212234{:04}"}}"#,
+            8000 + i
+        );
+        let result = client.dial(&format!("key-{i}"), body.as_bytes()).await;
+        let ctx = DialContext {
+            settings: &settings,
+            prior_attempts: 0,
+            max_attempts: 3,
+            possibly_placed: false,
+            attempt_started_at: now,
+            provider_retries: 0,
+            provider_requeues: 0,
+            vendor_refusals: 0,
+            next_allowed: Some(now + chrono::Duration::hours(2)),
+            consecutive_429s: 0,
+            breaker_tripped: false,
+            pauses: &pauses,
+        };
+        let d = decision::decide_dial(&result, &ctx, now, &mut rand::rng());
+        assert_eq!(
+            kind(&d.action),
+            expected(code),
+            "{code}: {result:?} -> {d:?}"
+        );
+        // Nothing but the contact's own facts (and the labelled idempotency
+        // conflict) may drop a contact.
+        if let Action::Drop { reason, .. } = &d.action {
+            assert!(
+                matches!(
+                    *code,
+                    "destination_invalid"
+                        | "destination_blocked"
+                        | "dnc_suppressed"
+                        | "recipient_opted_out"
+                        | "no_consent"
+                ) || reason.is_labelled(),
+                "{code} dropped for {reason:?}"
+            );
+        }
+    }
+}
