@@ -48,6 +48,10 @@ enum Command {
         /// Scenario file (see config/simulator.example.toml); none: accept everything.
         #[arg(long)]
         scenario: Option<PathBuf>,
+        /// Start the simulator's clock at this instant (RFC 3339), to pair with
+        /// `dialer run --fake-now` (webhook signatures carry the time).
+        #[arg(long, hide = true)]
+        fake_now: Option<String>,
     },
     /// Explain the pre-flight verdict for one number.
     Check {
@@ -328,7 +332,15 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
             Ok(EXIT_OK)
         }
-        Command::Simulate { listen, scenario } => {
+        Command::Simulate {
+            listen,
+            scenario,
+            fake_now,
+        } => {
+            let sim_clock = match fake_now {
+                Some(t) => Clock::starting_at(cli::parse_at(Some(&t), &clock)?),
+                None => clock.clone(),
+            };
             cli::init_logging(&settings);
             let scenario = match scenario {
                 Some(p) => dialer::simulator::Scenario::load(&p)
@@ -347,7 +359,7 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
                     .map(|a| a.to_string())
                     .unwrap_or(listen)
             );
-            dialer::simulator::serve(listener, scenario, cancel)
+            dialer::simulator::serve_with_clock(listener, scenario, sim_clock, cancel)
                 .await
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
             Ok(EXIT_OK)

@@ -84,10 +84,21 @@ pub async fn serve(
     tracing::info!(worker_id = %app.worker_id, backend = app.store.backend().as_str(), "worker started");
     let result = app.claim_loop(until_idle).await;
     app.cancel.cancel();
-    let _ = maint.await;
-    app.store.deregister_worker(&app.worker_id).await.ok();
-    http_cancel.cancel();
-    let _ = http.await;
+    // The rest of the stop is bounded too: a database that does not answer or a
+    // webhook connection that stays open must not keep the process alive past
+    // the grace period (Kubernetes would SIGKILL it anyway).
+    let tail = async {
+        let _ = maint.await;
+        app.store.deregister_worker(&app.worker_id).await.ok();
+        http_cancel.cancel();
+        let _ = http.await;
+    };
+    if tokio::time::timeout(app.settings.worker.shutdown_grace.get(), tail)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown tail exceeded worker.shutdown_grace; exiting anyway");
+    }
     tracing::info!(worker_id = %app.worker_id, "worker stopped");
     result
 }
