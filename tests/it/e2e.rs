@@ -796,3 +796,70 @@ async fn a_sigkill_and_a_postgres_restart_lose_nothing() {
         "a number got two calls: {calls_by_number:?}"
     );
 }
+
+/// SPEC section 11: on SIGTERM the worker stops claiming, finishes or releases its
+/// in-flight jobs within the grace period, and exits 0; nothing is left leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_leaves_no_job_leased() {
+    let db = TestDb::postgres().await;
+    let store = &db.store;
+    let id = campaign(store, OPEN_CAMPAIGN).await;
+    let phones: Vec<String> = (0..400)
+        .map(|i| format!("+1718234{:04}", 2000 + i))
+        .collect();
+    contacts(store, id, phones.iter().map(|p| contact(p)).collect()).await;
+    let port = free_port();
+    let mut scenario = Scenario::default();
+    scenario.webhook_url = Some(format!("http://127.0.0.1:{port}/webhooks/revdesk"));
+    scenario.webhook_secret = SECRET.into();
+    scenario.latency = Duration::from_millis(700);
+    let sim = Simulator::start_with_clock(scenario, clock())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = spawn_worker(
+        &db.url,
+        &sim,
+        port,
+        &[("DIALER__WORKER__SHUTDOWN_GRACE", "5s")],
+        &dir.path().join("w.log"),
+    );
+    wait_until(Duration::from_secs(60), "dials are in flight", || async {
+        sim.requests().len() >= 20
+    })
+    .await;
+    unsafe {
+        libc::kill(w.child.id() as i32, libc::SIGTERM);
+    }
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = w.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the worker did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(dir.path().join("w.log")).unwrap_or_default()
+    );
+    let st = store
+        .status(Some("open"), fixed_now().timestamp_millis())
+        .await
+        .unwrap();
+    let c = &st.campaigns[0];
+    assert_eq!(
+        c.jobs["running"] + c.jobs["dialing"],
+        0,
+        "jobs left leased after SIGTERM: {c:?}"
+    );
+    assert!(
+        c.jobs["queued"] > 0,
+        "the worker kept claiming after SIGTERM: {c:?}"
+    );
+}
