@@ -293,6 +293,26 @@ fn valid_postal(s: &str) -> bool {
     us5 || us9 || ca_ok
 }
 
+/// The checks every CSV row shares: its column count, UTF-8, and its phone.
+fn checked_phone(
+    h: &Header,
+    phone_col: Option<usize>,
+    rec: &csv::ByteRecord,
+) -> Result<PhoneNumber, String> {
+    if rec.len() != h.names.len() {
+        return Err(format!(
+            "wrong column count: expected {} fields, found {}",
+            h.names.len(),
+            rec.len()
+        ));
+    }
+    if rec.iter().any(|f| std::str::from_utf8(f).is_err()) {
+        return Err("the line is not valid UTF-8".into());
+    }
+    let raw = field(rec, phone_col).ok_or("invalid_number: the phone is empty")?;
+    PhoneNumber::parse(raw).map_err(|e| format!("{}: `{raw}`: {e}", e.reason()))
+}
+
 const CONTACT_KNOWN: &[&str] = &[
     "phone",
     "external_id",
@@ -309,18 +329,7 @@ fn contact_row(
     idx: &ContactIdx,
     rec: &csv::ByteRecord,
 ) -> Result<ContactRecord, String> {
-    if rec.len() != h.names.len() {
-        return Err(format!(
-            "wrong column count: expected {} fields, found {}",
-            h.names.len(),
-            rec.len()
-        ));
-    }
-    if rec.iter().any(|f| std::str::from_utf8(f).is_err()) {
-        return Err("the line is not valid UTF-8".into());
-    }
-    let raw = field(rec, Some(idx.phone)).ok_or("invalid_number: the phone is empty")?;
-    let phone = PhoneNumber::parse(raw).map_err(|e| format!("{}: `{raw}`: {e}", e.reason()))?;
+    let phone = checked_phone(h, Some(idx.phone), rec)?;
     let timezone = match field(rec, idx.timezone) {
         Some(tz) => {
             chrono_tz::Tz::from_str(tz).map_err(|_| format!("unknown time zone `{tz}`"))?;
@@ -602,20 +611,7 @@ pub async fn import_opt_outs(
         progress,
         move |r, report, tx| {
             stream_csv(r, &["phone"], report, tx, |h, rec| {
-                if rec.len() != h.names.len() {
-                    return Err(format!(
-                        "wrong column count: expected {} fields, found {}",
-                        h.names.len(),
-                        rec.len()
-                    ));
-                }
-                if rec.iter().any(|f| std::str::from_utf8(f).is_err()) {
-                    return Err("the line is not valid UTF-8".into());
-                }
-                let raw =
-                    field(rec, h.find("phone")).ok_or("invalid_number: the phone is empty")?;
-                let phone =
-                    PhoneNumber::parse(raw).map_err(|e| format!("{}: `{raw}`: {e}", e.reason()))?;
+                let phone = checked_phone(h, h.find("phone"), rec)?;
                 let campaign = field(rec, h.find("campaign")).unwrap_or("").to_owned();
                 if !campaign.is_empty() {
                     crate::campaign::validate_name(&campaign).map_err(|e| e.to_string())?;
@@ -649,20 +645,7 @@ pub async fn import_consents(
         progress,
         move |r, report, tx| {
             stream_csv(r, &["phone", "kind", "granted_at"], report, tx, |h, rec| {
-                if rec.len() != h.names.len() {
-                    return Err(format!(
-                        "wrong column count: expected {} fields, found {}",
-                        h.names.len(),
-                        rec.len()
-                    ));
-                }
-                if rec.iter().any(|f| std::str::from_utf8(f).is_err()) {
-                    return Err("the line is not valid UTF-8".into());
-                }
-                let raw =
-                    field(rec, h.find("phone")).ok_or("invalid_number: the phone is empty")?;
-                let phone =
-                    PhoneNumber::parse(raw).map_err(|e| format!("{}: `{raw}`: {e}", e.reason()))?;
+                let phone = checked_phone(h, h.find("phone"), rec)?;
                 let campaign = field(rec, h.find("campaign")).unwrap_or("").to_owned();
                 if !campaign.is_empty() {
                     crate::campaign::validate_name(&campaign).map_err(|e| e.to_string())?;

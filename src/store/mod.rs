@@ -5,6 +5,220 @@
 //! the database clock) lives in `postgres.rs` and `sqlite.rs`.
 
 mod common;
+
+/// The `Store` implementation shared by both backends: every method whose SQL is
+/// written once (`common.rs`, `worker_sql.rs`) delegates to the backend module's
+/// `sql`/`wsql` instantiation; `$specific` holds the methods that differ (bulk
+/// import, claim, reservation). Generating the whole impl keeps `async_trait` in
+/// charge of every method.
+macro_rules! impl_store {
+    ($T:ty, $backend:expr, { $($specific:tt)* }) => {
+        #[async_trait::async_trait]
+        impl crate::store::Store for $T {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            async fn migrate(&self) -> Result<()> {
+                MIGRATOR.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn apply_campaign(
+                &self,
+                spec: &crate::campaign::CampaignSpec,
+                now_ms: i64,
+            ) -> Result<(CampaignRow, bool)> {
+                sql::apply_campaign(&self.pool, spec, now_ms).await
+            }
+
+            async fn campaign(&self, name: &str) -> Result<Option<CampaignRow>> {
+                sql::campaign(&self.pool, name).await
+            }
+
+            async fn campaign_by_id(&self, id: i64) -> Result<Option<CampaignRow>> {
+                sql::campaign_by_id(&self.pool, id).await
+            }
+
+            async fn campaigns(&self) -> Result<Vec<CampaignRow>> {
+                sql::campaigns(&self.pool).await
+            }
+
+            async fn set_operator_pause(&self, name: &str, paused: bool, now_ms: i64) -> Result<bool> {
+                sql::set_operator_pause(&self.pool, name, paused, now_ms).await
+            }
+
+            async fn import_dnc(&self, rx: mpsc::Receiver<Vec<DncRecord>>, now_ms: i64) -> Result<u64> {
+                sql::import_dnc(&self.pool, rx, now_ms).await
+            }
+
+            async fn import_opt_outs(&self, rx: mpsc::Receiver<Vec<OptOutRecord>>) -> Result<u64> {
+                sql::import_opt_outs(&self.pool, rx).await
+            }
+
+            async fn import_consents(&self, rx: mpsc::Receiver<Vec<ConsentRecord>>) -> Result<u64> {
+                sql::import_consents(&self.pool, rx).await
+            }
+
+            async fn facts(
+                &self,
+                phones: &[String],
+                campaign: Option<&str>,
+                counted_since_ms: i64,
+            ) -> Result<Vec<NumberFacts>> {
+                sql::facts(&self.pool, phones, campaign, counted_since_ms).await
+            }
+
+            async fn status(&self, campaign: Option<&str>, now_ms: i64) -> Result<StatusReport> {
+                sql::status(&self.pool, campaign, now_ms).await
+            }
+
+            async fn register_worker(&self, id: &str, hostname: &str, now_ms: i64) -> Result<()> {
+                wsql::register_worker(&self.pool, id, hostname, now_ms).await
+            }
+
+            async fn heartbeat(&self, id: &str, lease_ms: i64, now_ms: i64) -> Result<()> {
+                let db_now = self.db_now_ms(now_ms).await?;
+                wsql::heartbeat(&self.pool, id, lease_ms, db_now).await
+            }
+
+            async fn live_workers(&self, since_ms: i64) -> Result<Vec<String>> {
+                wsql::live_workers(&self.pool, since_ms).await
+            }
+
+            async fn deregister_worker(&self, id: &str) -> Result<()> {
+                wsql::deregister_worker(&self.pool, id).await
+            }
+
+            async fn set_worker_halt(&self, id: &str, reason: Option<&str>) -> Result<()> {
+                wsql::set_worker_halt(&self.pool, id, reason).await
+            }
+
+            async fn recover_expired_leases(&self, now_ms: i64) -> Result<u64> {
+                let db_now = self.db_now_ms(now_ms).await?;
+                wsql::recover_expired_leases(&self.pool, db_now, now_ms).await
+            }
+
+            async fn release(&self, job_id: i64, owner: &str, now_ms: i64) -> Result<()> {
+                wsql::release(&self.pool, job_id, owner, now_ms).await
+            }
+
+            async fn mark_sending(&self, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()> {
+                wsql::mark_sending(&self.pool, job_id, attempt_id, now_ms).await
+            }
+
+            async fn update_job(
+                &self,
+                job_id: i64,
+                guard: &Guard,
+                update: &JobUpdate,
+                now_ms: i64,
+            ) -> Result<bool> {
+                wsql::update_job(&self.pool, job_id, guard, update, now_ms).await
+            }
+
+            async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>> {
+                wsql::job(&self.pool, job_id).await
+            }
+
+            async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<()> {
+                wsql::insert_audit(&self.pool, rows).await
+            }
+
+            async fn requeue_dropped(&self, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
+                wsql::requeue_dropped(&self.pool, campaign_id, reason, now_ms).await
+            }
+
+            async fn pause_campaign(
+                &self,
+                id: i64,
+                reason: &str,
+                until_ms: Option<i64>,
+                now_ms: i64,
+            ) -> Result<()> {
+                wsql::pause_campaign(&self.pool, id, reason, until_ms, now_ms).await
+            }
+
+            async fn lift_auto_pause(&self, id: i64, now_ms: i64) -> Result<()> {
+                wsql::lift_auto_pause(&self.pool, id, now_ms).await
+            }
+
+            async fn take_campaign_probes(&self, now_ms: i64, hold_ms: i64) -> Result<Vec<i64>> {
+                wsql::take_campaign_probes(&self.pool, now_ms, hold_ms).await
+            }
+
+            async fn account_halt(&self, account: &str) -> Result<Option<AccountHalt>> {
+                wsql::account_halt(&self.pool, account).await
+            }
+
+            async fn halt_account(
+                &self,
+                account: &str,
+                reason: &str,
+                probe_at_ms: i64,
+                now_ms: i64,
+            ) -> Result<()> {
+                wsql::halt_account(&self.pool, account, reason, probe_at_ms, now_ms).await
+            }
+
+            async fn lift_account_halt(&self, account: &str) -> Result<()> {
+                wsql::lift_account_halt(&self.pool, account).await
+            }
+
+            async fn take_account_probe(&self, account: &str, now_ms: i64, hold_ms: i64) -> Result<bool> {
+                wsql::take_account_probe(&self.pool, account, now_ms, hold_ms).await
+            }
+
+            async fn attempt_by_call_id(&self, call_id: &str) -> Result<Option<AttemptRow>> {
+                wsql::attempt_by_call_id(&self.pool, call_id).await
+            }
+
+            async fn attempt(&self, id: i64) -> Result<Option<AttemptRow>> {
+                wsql::attempt(&self.pool, id).await
+            }
+
+            async fn inbox_insert(&self, event: &InboxEvent, now_ms: i64) -> Result<bool> {
+                wsql::inbox_insert(&self.pool, event, now_ms).await
+            }
+
+            async fn inbox_pending(&self, call_id: &str) -> Result<Vec<InboxEvent>> {
+                wsql::inbox_pending(&self.pool, call_id).await
+            }
+
+            async fn inbox_mark_applied(&self, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
+                wsql::inbox_mark_applied(&self.pool, event_id, result, now_ms).await
+            }
+
+            async fn unsettled_attempts(
+                &self,
+                placed_before_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<AttemptRow>> {
+                wsql::unsettled_attempts(&self.pool, placed_before_ms, limit).await
+            }
+
+            async fn record_outcome_only(
+                &self,
+                attempt_id: i64,
+                code: &str,
+                category: Option<&str>,
+                source: &str,
+                now_ms: i64,
+            ) -> Result<bool> {
+                wsql::record_outcome_only(&self.pool, attempt_id, code, category, source, now_ms).await
+            }
+
+            $($specific)*
+        }
+    };
+}
+pub(crate) use impl_store;
+
 pub mod postgres;
 pub mod sqlite;
 pub mod types;

@@ -162,23 +162,27 @@ macro_rules! worker_sql {
                 .rows_affected();
                 recovered += n;
                 if let (1, Some(a)) = (n, attempt) {
-                    let moved = sqlx::query(
-                        "UPDATE attempts SET placement = 'possibly_placed' WHERE id = $1 AND placement = 'reserved' AND sends > 0",
-                    )
-                    .bind(a)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if moved == 1 {
-                        sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1")
-                            .bind(job_id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    possibly_placed(&mut tx, a, job_id).await?;
                 }
             }
             tx.commit().await?;
             Ok(recovered)
+        }
+
+        /// A sent attempt with no answer taken is ambiguous: possibly placed for good,
+        /// counted once toward max_attempts (SPEC section 7).
+        async fn possibly_placed(conn: &mut <$DB as sqlx::Database>::Connection, attempt: i64, job_id: i64) -> Result<()> {
+            let moved = sqlx::query(
+                "UPDATE attempts SET placement = 'possibly_placed' WHERE id = $1 AND placement = 'reserved' AND sends > 0",
+            )
+            .bind(attempt)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if moved == 1 {
+                sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1").bind(job_id).execute(&mut *conn).await?;
+            }
+            Ok(())
         }
 
         pub(crate) async fn release(pool: &$Pool, job_id: i64, owner: &str, now_ms: i64) -> Result<()> {
@@ -192,19 +196,7 @@ macro_rules! worker_sql {
             if let Some((status, attempt)) = row {
                 if let (true, Some(a)) = (status == "dialing", attempt) {
                     // The request was sent and no answer was taken: ambiguous.
-                    let moved = sqlx::query(
-                        "UPDATE attempts SET placement = 'possibly_placed' WHERE id = $1 AND placement = 'reserved' AND sends > 0",
-                    )
-                    .bind(a)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if moved == 1 {
-                        sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1")
-                            .bind(job_id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    possibly_placed(&mut tx, a, job_id).await?;
                 }
                 sqlx::query(
                     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL, updated_at_ms = $3 \
