@@ -75,6 +75,14 @@ super::impl_store!(SqliteStore, Backend::Sqlite, {
         mut rx: mpsc::Receiver<Vec<ContactRecord>>,
     ) -> Result<u64> {
         let mut tx = begin_tx(&self.pool).await?;
+        // The campaign is checked once (no per-row foreign key; never deleted).
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM campaigns WHERE id = $1")
+            .bind(campaign_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(super::StoreError::UnknownCampaign(campaign_id.to_string()));
+        }
         let mut loaded = 0;
         let mut complete = false;
         while let Some(batch) = rx.recv().await {

@@ -146,3 +146,24 @@ both_backends! {
         assert!(f[0].consents[0].revoked_at_ms.is_some(), "a later file un-revoked a consent");
     }
 }
+
+both_backends! {
+    /// The bulk path's two routes: a file of new numbers (plain insert) and a file
+    /// mixing new numbers, numbers already in the campaign and a repeat (de-duplicated).
+    async fn a_second_file_loads_only_its_new_numbers(db) {
+        let id = campaign(&db.store).await;
+        let (_a, first) = write_file("a.csv", b"phone\n2122345601\n2122345602\n2122345603\n");
+        let r = import::import_contacts(&db.store, id, NOW, &first, Box::new(NoProgress)).await.unwrap();
+        assert_eq!((r.loaded, r.duplicates), (3, 0));
+        let (_b, second) = write_file("b.csv", b"phone\n2122345602\n2122345604\n2122345603\n2122345605\n2122345604\n");
+        let r = import::import_contacts(&db.store, id, NOW, &second, Box::new(NoProgress)).await.unwrap();
+        assert_eq!((r.loaded, r.duplicates), (2, 3), "{r:?}");
+        let st = db.store.status(None, NOW).await.unwrap();
+        assert_eq!(st.campaigns[0].jobs["queued"], 5);
+        // An unknown campaign loads nothing.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(vec![]).await.unwrap();
+        drop(tx);
+        assert!(db.store.import_contacts(9999, NOW, rx).await.is_err());
+    }
+}
