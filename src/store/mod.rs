@@ -108,8 +108,8 @@ macro_rules! impl_store {
                 wsql::release(&self.pool, job_id, owner, now_ms).await
             }
 
-            async fn mark_sending(&self, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()> {
-                wsql::mark_sending(&self.pool, job_id, attempt_id, now_ms).await
+            async fn mark_sending(&self, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
+                wsql::mark_sending(&self.pool, job_id, attempt_id, owner, now_ms).await
             }
 
             async fn update_job(
@@ -361,8 +361,15 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Reservation>;
     /// Marks the job `dialing` and counts one more send of its attempt, before the
-    /// request leaves (so a crash after this point is seen as ambiguous).
-    async fn mark_sending(&self, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()>;
+    /// request leaves (so a crash after this point is seen as ambiguous). False when
+    /// this worker no longer holds the lease: it must not send.
+    async fn mark_sending(
+        &self,
+        job_id: i64,
+        attempt_id: i64,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
     /// Applies a decision. The attempt part always applies (a 202 is never lost);
     /// the job part only while the guard holds. Returns whether the job part applied.
     async fn update_job(

@@ -287,8 +287,25 @@ macro_rules! worker_sql {
             Ok(Reservation::Reserved(attempt))
         }
 
-        pub(crate) async fn mark_sending(pool: &$Pool, job_id: i64, attempt_id: i64, now_ms: i64) -> Result<()> {
+        pub(crate) async fn mark_sending(pool: &$Pool, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
             let mut tx = super::begin_tx(pool).await?;
+            // Only while this worker still holds the lease: a worker whose lease
+            // expired (and whose job another worker took over) must not send.
+            let held = sqlx::query(
+                "UPDATE jobs SET status = 'dialing', updated_at_ms = $3 WHERE id = $1 AND lease_owner = $2 \
+                 AND status IN ('running', 'dialing')",
+            )
+            .bind(job_id)
+            .bind(owner)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !held {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             sqlx::query(
                 "UPDATE attempts SET sends = sends + 1, first_sent_at_ms = COALESCE(first_sent_at_ms, $2), \
                  last_sent_at_ms = $2 WHERE id = $1",
@@ -297,13 +314,8 @@ macro_rules! worker_sql {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE jobs SET status = 'dialing', updated_at_ms = $2 WHERE id = $1")
-                .bind(job_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         }
 
         fn counter(c: CounterChange) -> i32 {

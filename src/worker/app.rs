@@ -65,6 +65,9 @@ pub struct App {
     pause_counts: Mutex<PauseCounts>,
     /// Jobs this worker holds, released on shutdown if still held.
     pub(crate) held: Mutex<HashSet<i64>>,
+    /// This worker saw the account halted (set on a halting answer, cleared when
+    /// the claim loop finds no halt): claimed jobs go back unchanged.
+    pub(crate) account_halted: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -101,6 +104,7 @@ impl App {
             recent_outcomes: Mutex::new(HashMap::new()),
             pause_counts: Mutex::new(PauseCounts::default()),
             held: Mutex::new(HashSet::new()),
+            account_halted: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -145,6 +149,11 @@ impl App {
 
     pub fn worker_halt(&self) -> Option<(String, DateTime<Utc>)> {
         self.worker_halt.lock().expect("poisoned").clone()
+    }
+
+    /// Forgets a cached campaign (after this worker paused it).
+    pub(crate) fn invalidate_campaign(&self, id: i64) {
+        self.campaigns.lock().expect("poisoned").remove(&id);
     }
 
     /// Campaign context, cached for two seconds (pauses and edits show up quickly).

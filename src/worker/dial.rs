@@ -80,6 +80,23 @@ impl App {
             };
             metrics::histogram!(m::RATE_WAIT).record(waited.as_secs_f64());
 
+            // A pause or halt that began while this job waited: it goes back to the
+            // queue unchanged (SPEC section 8); a probe dial is the exception.
+            if probe.is_none() {
+                let current = self.campaign(job.campaign_id).await?;
+                let paused = current.row.operator_paused || current.row.auto_pause_reason.is_some();
+                let halted = self
+                    .account_halted
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    || self.worker_halt().is_some();
+                if paused || halted {
+                    self.store
+                        .release(job.id, &self.worker_id, ms(self.now()))
+                        .await?;
+                    return Ok(());
+                }
+            }
+
             // The time rules again, immediately before the request (SPEC section 6).
             let now = self.now();
             let tv = self.engine.evaluate_time(&recipient, &campaign.policy, now);
@@ -92,7 +109,17 @@ impl App {
                 return Ok(());
             }
 
-            self.store.mark_sending(job.id, attempt.id, ms(now)).await?;
+            if !self
+                .store
+                .mark_sending(job.id, attempt.id, &self.worker_id, ms(now))
+                .await?
+            {
+                tracing::warn!(
+                    job_id = job.id,
+                    "lease lost before the request was sent; not sending"
+                );
+                return Ok(());
+            }
             attempt.sends += 1;
             if attempt.first_sent_at_ms.is_none() {
                 attempt.first_sent_at_ms = Some(ms(now));
@@ -269,6 +296,7 @@ impl App {
                         .pause_campaign(job.campaign_id, reason.as_str(), until.map(ms), ms(now))
                         .await?;
                     self.bump_pause(reason.as_str());
+                    self.invalidate_campaign(job.campaign_id);
                     u.due_at_ms = Some(ms(*job_due));
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");
@@ -285,6 +313,8 @@ impl App {
                         .halt_account(ACCOUNT, reason.as_str(), ms(*probe_at), ms(now))
                         .await?;
                     self.bump_pause(reason.as_str());
+                    self.account_halted
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     u.due_at_ms = Some(ms(*job_due) + jitter_ms(30_000));
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");

@@ -113,13 +113,16 @@ impl App {
                 limit = 1;
             }
             if probe.is_none() {
-                if let Some(h) = db!(self.store.account_halt(ACCOUNT).await) {
+                let halt = db!(self.store.account_halt(ACCOUNT).await);
+                self.account_halted
+                    .store(halt.is_some(), std::sync::atomic::Ordering::Relaxed);
+                if let Some(h) = halt {
                     metrics::gauge!(m::DIALING_HALTED, "reason" => h.reason.clone()).set(1.0);
                     if h.probe_at_ms <= now_ms
-                        && self
+                        && db!(self
                             .store
                             .take_account_probe(ACCOUNT, now_ms, PROBE_HOLD_MS)
-                            .await?
+                            .await)
                     {
                         tracing::info!(reason = %h.reason, "account halt: sending one probe dial");
                         probe = Some(Probe::Account);
@@ -132,20 +135,28 @@ impl App {
             }
             let mut claimed: Vec<(ClaimedJob, Option<Probe>)> = Vec::new();
             if probe.is_none() {
-                for cid in self
-                    .store
-                    .take_campaign_probes(now_ms, PROBE_HOLD_MS)
-                    .await?
-                {
+                for cid in db!(self.store.take_campaign_probes(now_ms, PROBE_HOLD_MS).await) {
                     tracing::info!(
                         campaign_id = cid,
                         "campaign pause ended: sending one probe dial"
                     );
-                    for j in self
+                    let jobs = db!(self
                         .store
                         .claim(&self.worker_id, 1, now_ms, lease_ms, Some(cid))
-                        .await?
-                    {
+                        .await);
+                    if jobs.is_empty() {
+                        // No due job to probe with: hand the probe back, so that the
+                        // next due job probes instead of waiting PROBE_HOLD_MS.
+                        if let Ok(Some(c)) = self.store.campaign_by_id(cid).await {
+                            if let Some(reason) = c.auto_pause_reason {
+                                let _ = self
+                                    .store
+                                    .pause_campaign(cid, &reason, Some(now_ms + 500), now_ms)
+                                    .await;
+                            }
+                        }
+                    }
+                    for j in jobs {
                         claimed.push((j, Some(Probe::Campaign(cid))));
                     }
                 }
@@ -160,12 +171,21 @@ impl App {
             }
             let room = permits.saturating_sub(claimed.len() as u32).min(limit);
             if room > 0 {
-                for j in self
+                for j in db!(self
                     .store
                     .claim(&self.worker_id, room, now_ms, lease_ms, None)
-                    .await?
+                    .await)
                 {
                     claimed.push((j, probe));
+                }
+            }
+            if claimed.is_empty() && probe == Some(Probe::Account) {
+                // The account probe found no due job: give it back likewise.
+                if let Ok(Some(h)) = self.store.account_halt(ACCOUNT).await {
+                    let _ = self
+                        .store
+                        .halt_account(ACCOUNT, &h.reason, now_ms + 500, now_ms)
+                        .await;
                 }
             }
             if claimed.is_empty() {
