@@ -46,7 +46,9 @@ async fn main() -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("http needs the simulator's base URL"))?;
             http(base, arg(2, 50_000)?, arg(3, 1000)? as usize).await
         }
-        _ => anyhow::bail!("usage: load queue URL [CLAIMERS] [BATCH] [ACK_CONCURRENCY] [MAX_CONNECTIONS] | load http BASE_URL N CONCURRENCY"),
+        _ => anyhow::bail!(
+            "usage: load queue URL [CLAIMERS] [BATCH] [ACK_CONCURRENCY] [MAX_CONNECTIONS] | load http BASE_URL N CONCURRENCY"
+        ),
     }
 }
 
