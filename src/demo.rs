@@ -37,7 +37,7 @@ const SHORT_DELAY: &str = "3s";
 const HORIZON_MS: i64 = 30_000;
 
 /// A bound on the whole run, so a broken build cannot hang the tour.
-const WALL_LIMIT: Duration = Duration::from_secs(50);
+const WALL_LIMIT: Duration = Duration::from_secs(25);
 
 const CAMPAIGNS: [(&str, &str, &str); 5] = [
     (
@@ -511,6 +511,13 @@ async fn summarize(
             .await?
     {
         rules.insert(r.try_get(0)?);
+    }
+    // The cap is checked in the atomic reservation of the attempt, which records its
+    // reason on the job rather than as a verdict row.
+    for j in &jobs {
+        if let (Some(reason), Some("local")) = (&j.reason, j.source.as_deref()) {
+            rules.insert(reason.clone());
+        }
     }
     for r in &import_rejections {
         for rule in ["invalid_number", "destination_blocked"] {
