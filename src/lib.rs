@@ -9,6 +9,7 @@ pub mod clock;
 pub mod compliance;
 pub mod config;
 pub mod decision;
+pub mod demo;
 pub mod http;
 pub mod import;
 pub mod metrics;

@@ -78,6 +78,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "csv")]
         format: ScrubFormat,
     },
+    /// A guided tour: sample campaigns against the built-in simulator, on a fixed clock.
+    Demo {
+        /// Print the summary as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Jobs per state and final reason, attempts, account halts.
     Status {
         #[arg(long)]
@@ -419,6 +425,20 @@ async fn run(cli: Cli) -> Result<u8, CliError> {
             )
             .await
             .map_err(cli::scrub_err)?;
+            Ok(EXIT_OK)
+        }
+        Command::Demo { json } => {
+            dialer::demo::init_logging();
+            let summary = dialer::demo::run()
+                .await
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            if json {
+                let text = serde_json::to_string_pretty(&summary)
+                    .map_err(|e| CliError::Runtime(e.to_string()))?;
+                println!("{text}");
+            } else {
+                print!("{}", dialer::demo::render(&summary));
+            }
             Ok(EXIT_OK)
         }
         Command::Status { campaign, json } => {

@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod demo;
 mod e2e;
 mod storage;
 mod vendor;
