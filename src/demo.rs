@@ -34,7 +34,7 @@ const SHORT_DELAY: &str = "3s";
 
 /// The demo stops once nothing is in flight and nothing is due within this horizon
 /// (demo clock): later requeues (calling window, caps, no_answer) are listed instead.
-const HORIZON_MS: i64 = 30_000;
+const HORIZON_MS: i64 = 2_000;
 
 /// A bound on the whole run, so a broken build cannot hang the tour.
 const WALL_LIMIT: Duration = Duration::from_secs(25);

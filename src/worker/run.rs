@@ -151,7 +151,7 @@ impl App {
                             if let Some(reason) = c.auto_pause_reason {
                                 let _ = self
                                     .store
-                                    .pause_campaign(cid, &reason, Some(now_ms + 500), now_ms)
+                                    .pause_campaign(cid, &reason, Some(now_ms + 5_000), now_ms)
                                     .await;
                             }
                         }
@@ -184,7 +184,7 @@ impl App {
                 if let Ok(Some(h)) = self.store.account_halt(ACCOUNT).await {
                     let _ = self
                         .store
-                        .halt_account(ACCOUNT, &h.reason, now_ms + 500, now_ms)
+                        .halt_account(ACCOUNT, &h.reason, now_ms + 5_000, now_ms)
                         .await;
                 }
             }
