@@ -101,7 +101,9 @@ super::impl_store!(PgStore, Backend::Postgres, {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "CREATE TEMP TABLE import_contacts (line BIGSERIAL, phone TEXT, external_id TEXT, timezone TEXT, \
+            // No serial column: a sequence call per row costs; file order is the
+            // insertion order of this fresh temporary table (ctid) where it matters.
+            "CREATE TEMP TABLE import_contacts (phone TEXT, external_id TEXT, timezone TEXT, \
              state TEXT, postal_code TEXT, first_name TEXT, last_name TEXT, attributes TEXT) ON COMMIT DROP",
         )
         .execute(&mut *tx)
@@ -166,7 +168,7 @@ super::impl_store!(PgStore, Backend::Postgres, {
             "INSERT INTO jobs (campaign_id, phone, external_id, timezone, state, postal_code, first_name, \
              last_name, attributes, due_at_ms, updated_at_ms) \
              SELECT $1, phone, external_id, timezone, state, postal_code, first_name, last_name, attributes, $2, $2 \
-             FROM import_contacts ORDER BY line",
+             FROM import_contacts",
         )
         .bind(campaign_id)
         .bind(due_at_ms)
@@ -184,7 +186,7 @@ super::impl_store!(PgStore, Backend::Postgres, {
                     "INSERT INTO jobs (campaign_id, phone, external_id, timezone, state, postal_code, first_name, \
                      last_name, attributes, due_at_ms, updated_at_ms) \
                      SELECT $1, phone, external_id, timezone, state, postal_code, first_name, last_name, attributes, $2, $2 \
-                     FROM (SELECT DISTINCT ON (phone) * FROM import_contacts ORDER BY phone, line) t \
+                     FROM (SELECT DISTINCT ON (phone) ctid AS line, * FROM import_contacts ORDER BY phone, ctid) t \
                      WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.campaign_id = $1 AND j.phone = t.phone) \
                      ORDER BY line",
                 )
