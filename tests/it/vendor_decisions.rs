@@ -119,3 +119,126 @@ async fn every_synchronous_code_from_the_simulator_ends_in_the_specified_decisio
         }
     }
 }
+
+fn ctx<'a>(settings: &'a RetrySettings, pauses: &'a PauseCounts) -> DialContext<'a> {
+    let now = Utc::now();
+    DialContext {
+        settings,
+        prior_attempts: 0,
+        max_attempts: 3,
+        possibly_placed: false,
+        attempt_started_at: now,
+        provider_retries: 0,
+        provider_requeues: 0,
+        vendor_refusals: 0,
+        next_allowed: None,
+        consecutive_429s: 0,
+        breaker_tripped: false,
+        pauses,
+    }
+}
+
+/// Transport faults from the real simulator: a proxy's HTML 502, a stalled response
+/// (timeout) and a dropped connection are ambiguous: retried with the same key.
+#[tokio::test]
+async fn html_502_timeout_and_dropped_connection_are_retried_with_the_same_key() {
+    let mut scenario = Scenario::default();
+    scenario.stall_for = Duration::from_secs(3);
+    for (i, action) in ["html502", "stall", "drop"].iter().enumerate() {
+        scenario
+            .rules
+            .push(Rule::for_number(&format!("+1212234{:04}", 8900 + i), &[action]).unwrap());
+    }
+    let sim = Simulator::start(scenario).await.unwrap();
+    let client = Client::new(
+        &sim.base_url(),
+        &SecretString::from("sk_test"),
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        4,
+    )
+    .unwrap();
+    let settings = RetrySettings::default();
+    let pauses = PauseCounts::default();
+    for i in 0..3 {
+        let body = format!(
+            r#"{{"from_number":"+14155550100","to_number":"+1212234{:04}"}}"#,
+            8900 + i
+        );
+        let result = client.dial(&format!("fault-{i}"), body.as_bytes()).await;
+        assert!(result.is_ambiguous(), "{result:?}");
+        let d = decision::decide_dial(
+            &result,
+            &ctx(&settings, &pauses),
+            Utc::now(),
+            &mut rand::rng(),
+        );
+        assert_eq!(kind(&d.action), "retry", "{result:?} -> {d:?}");
+        assert!(d.keep_key && d.possibly_placed, "{d:?}");
+    }
+}
+
+/// Every final outcome, read back from the simulator's call resource, ends in the
+/// decision of SPEC section 8's outcome table.
+#[tokio::test]
+async fn every_final_outcome_from_the_simulator_ends_in_the_specified_decision() {
+    let outcomes = [
+        ("completed", "done"),
+        ("busy", "requeue"),
+        ("no_answer", "requeue"),
+        ("voicemail_reached", "done"),
+        ("number_unreachable", "drop"),
+        ("call_declined", "drop"),
+        ("carrier_rejected", "drop"),
+    ];
+    let mut scenario = Scenario::default();
+    scenario.outcomes.delay = Duration::ZERO;
+    for (i, (o, _)) in outcomes.iter().enumerate() {
+        let mut r = Rule::for_number(&format!("+1212234{:04}", 8950 + i), &["accept"]).unwrap();
+        r.outcomes = vec![dialer::simulator::scenario::Outcome::parse(o).unwrap()];
+        scenario.rules.push(r);
+    }
+    let sim = Simulator::start(scenario).await.unwrap();
+    let client = Client::new(
+        &sim.base_url(),
+        &SecretString::from("sk_test"),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+        4,
+    )
+    .unwrap();
+    let settings = RetrySettings::default();
+    for (i, (o, want)) in outcomes.iter().enumerate() {
+        let body = format!(
+            r#"{{"from_number":"+14155550100","to_number":"+1212234{:04}"}}"#,
+            8950 + i
+        );
+        let dialer::revdesk::wire::DialResult::Accepted { call_id } =
+            client.dial(&format!("o-{i}"), body.as_bytes()).await
+        else {
+            panic!("{o}: not accepted");
+        };
+        let mut call = client.get_call(&call_id).await.unwrap();
+        for _ in 0..50 {
+            if call.is_final() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            call = client.get_call(&call_id).await.unwrap();
+        }
+        let octx = dialer::decision::OutcomeContext {
+            settings: &settings,
+            attempts: 1,
+            max_attempts: 3,
+            recent_outcomes: 1,
+            recent_carrier_rejected: u32::from(*o == "carrier_rejected"),
+        };
+        let d = decision::decide_outcome(
+            decision::Outcome::Call(&call),
+            &octx,
+            Utc::now(),
+            &mut rand::rng(),
+        );
+        assert_eq!(kind(&d.action), *want, "{o}: {call:?} -> {d:?}");
+    }
+}
