@@ -142,8 +142,10 @@ fn ctx<'a>(settings: &'a RetrySettings, pauses: &'a PauseCounts) -> DialContext<
 /// (timeout) and a dropped connection are ambiguous: retried with the same key.
 #[tokio::test]
 async fn html_502_timeout_and_dropped_connection_are_retried_with_the_same_key() {
-    let mut scenario = Scenario::default();
-    scenario.stall_for = Duration::from_secs(3);
+    let mut scenario = Scenario {
+        stall_for: Duration::from_secs(3),
+        ..Scenario::default()
+    };
     for (i, action) in ["html502", "stall", "drop"].iter().enumerate() {
         scenario
             .rules
