@@ -83,18 +83,8 @@ async fn every_synchronous_code_from_the_simulator_ends_in_the_specified_decisio
         );
         let result = client.dial(&format!("key-{i}"), body.as_bytes()).await;
         let ctx = DialContext {
-            settings: &settings,
-            prior_attempts: 0,
-            max_attempts: 3,
-            possibly_placed: false,
-            attempt_started_at: now,
-            provider_retries: 0,
-            provider_requeues: 0,
-            vendor_refusals: 0,
             next_allowed: Some(now + chrono::Duration::hours(2)),
-            consecutive_429s: 0,
-            breaker_tripped: false,
-            pauses: &pauses,
+            ..ctx(&settings, &pauses)
         };
         let d = decision::decide_dial(&result, &ctx, now, &mut rand::rng());
         assert_eq!(
