@@ -167,3 +167,45 @@ both_backends! {
         assert!(db.store.import_contacts(9999, NOW, rx).await.is_err());
     }
 }
+
+/// `(phone, external_id)` of every job, in id order, read straight from the database.
+async fn jobs_by_id(db: &crate::support::TestDb) -> Vec<(String, Option<String>)> {
+    const SQL: &str = "SELECT phone, external_id FROM jobs ORDER BY id";
+    if db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+    }
+}
+
+both_backends! {
+    /// A first file that repeats every number, far more repeats than the PostgreSQL
+    /// fast path holds aside at once: each number loads once, with the attributes of
+    /// its first row in the file, and the repeats are counted as duplicates.
+    async fn a_first_file_with_many_repeats_keeps_each_numbers_first_row(db) {
+        let id = campaign(&db.store).await;
+        let n = 30_000u64;
+        let mut csv = String::from("phone,external_id\n");
+        for pass in ["first", "repeat"] {
+            for i in 0..n {
+                csv.push_str(&format!("212{:07},{pass}-{i}\n", 2_340_000 + i));
+            }
+        }
+        let (_d, path) = write_file("repeats.csv", csv.as_bytes());
+        let r = import::import_contacts(&db.store, id, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        assert!(r.rejected.is_empty(), "{:?}", &r.rejected[..r.rejected.len().min(3)]);
+        assert_eq!((r.read, r.loaded, r.duplicates), (2 * n, n, n));
+        let jobs = jobs_by_id(&db).await;
+        assert_eq!(jobs.len() as u64, n);
+        let mut phones: Vec<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
+        phones.sort_unstable();
+        phones.dedup();
+        assert_eq!(phones.len() as u64, n, "a number loaded twice");
+        for (phone, ext) in &jobs {
+            let i: u64 = phone[5..].parse::<u64>().unwrap() - 2_340_000;
+            assert_eq!(ext.as_deref(), Some(format!("first-{i}").as_str()), "{phone}");
+        }
+    }
+}
