@@ -1,10 +1,11 @@
 //! Reference loads for the load run (issue 5, acceptance 3), measured beside the whole
 //! path (`scripts/bench-load`):
 //!
-//! * `queue URL [CLAIMERS] [BATCH] [ACK_CONCURRENCY] [MAX_CONNECTIONS]`: drains every
-//!   due job of the database through the worker's own claim code (`Store::claim`) and
-//!   acknowledges each as `done` with `Store::update_job` under its lease (no dial, no
-//!   pre-flight): the queue alone.
+//! * `queue URL [CLAIMERS] [BATCH] [ACK_CONCURRENCY] [MAX_CONNECTIONS] [ACK_BATCH]`:
+//!   drains every due job of the database through the worker's own claim code
+//!   (`Store::claim`) and acknowledges each as `done` under its lease with
+//!   `Store::update_jobs`, ACK_BATCH jobs per transaction (no dial, no pre-flight):
+//!   the queue alone.
 //! * `http BASE_URL N CONCURRENCY`: a bare reqwest loop of N dial requests (unique
 //!   numbers and keys) against the simulator, CONCURRENCY at once.
 //!
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use dialer::store::{self, Guard, JobUpdate};
+use dialer::store::{self, Guard, JobUpdate, JobWrite};
 use futures::StreamExt;
 
 #[tokio::main]
@@ -37,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
                 arg(3, 200)? as u32,
                 arg(4, 64)? as usize,
                 arg(5, 10)? as u32,
+                arg(6, 50)? as usize,
             )
             .await
         }
@@ -47,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
             http(base, arg(2, 50_000)?, arg(3, 1000)? as usize).await
         }
         _ => anyhow::bail!(
-            "usage: load queue URL [CLAIMERS] [BATCH] [ACK_CONCURRENCY] [MAX_CONNECTIONS] | load http BASE_URL N CONCURRENCY"
+            "usage: load queue URL [CLAIMERS] [BATCH] [ACK_CONCURRENCY] [MAX_CONNECTIONS] [ACK_BATCH] | load http BASE_URL N CONCURRENCY"
         ),
     }
 }
@@ -62,7 +64,9 @@ async fn queue(
     batch: u32,
     ack_concurrency: usize,
     max_connections: u32,
+    ack_batch: usize,
 ) -> anyhow::Result<()> {
+    let ack_batch = ack_batch.max(1);
     let store = store::connect(url, max_connections).await?;
     let done = Arc::new(AtomicU64::new(0));
     let claims = Arc::new(AtomicU64::new(0));
@@ -84,19 +88,33 @@ async fn queue(
                 if jobs.is_empty() {
                     return anyhow::Ok(());
                 }
-                let guard = Guard::Lease(owner.clone());
-                let results: Vec<_> = futures::stream::iter(jobs)
-                    .map(|j| {
+                // Batched acknowledgements: the claim's jobs acknowledged in chunks
+                // of ACK_BATCH, one transaction each, up to ACK_CONCURRENCY at once
+                // (`Store::update_jobs`, the worker's group commit).
+                let writes: Vec<JobWrite> = jobs
+                    .iter()
+                    .map(|j| JobWrite {
+                        job_id: j.id,
+                        guard: Guard::Lease(owner.clone()),
+                        update: update.clone(),
+                        now_ms: now_ms(),
+                    })
+                    .collect();
+                let chunks: Vec<Vec<JobWrite>> =
+                    writes.chunks(ack_batch).map(<[JobWrite]>::to_vec).collect();
+                let results: Vec<_> = futures::stream::iter(chunks)
+                    .map(|chunk| {
                         let store = store.clone();
-                        let (guard, update) = (&guard, &update);
-                        async move { store.update_job(j.id, guard, update, now_ms()).await }
+                        async move { store.update_jobs(&chunk).await }
                     })
                     .buffer_unordered(ack_concurrency)
                     .collect()
                     .await;
                 for r in results {
-                    if r? {
-                        done.fetch_add(1, Ordering::Relaxed);
+                    for applied in r? {
+                        if applied {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -109,7 +127,7 @@ async fn queue(
     let n = done.load(Ordering::Relaxed);
     println!(
         "queue alone: {n} jobs claimed and acknowledged in {secs:.2}s = {:.0} jobs/s \
-         ({claimers} claimer(s), batch {batch}, {ack_concurrency} acks at once per claimer, \
+         ({claimers} claimer(s), batch {batch}, {ack_concurrency} ack batches of {ack_batch} at once per claimer, \
          {max_connections} connections, {} claims)",
         n as f64 / secs,
         claims.load(Ordering::Relaxed)

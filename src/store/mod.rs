@@ -122,6 +122,14 @@ macro_rules! impl_store {
                 wsql::update_job(&self.pool, job_id, guard, update, now_ms).await
             }
 
+            async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>> {
+                wsql::update_jobs(&self.pool, writes).await
+            }
+
+            async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
+                wsql::mark_sending_many(&self.pool, marks, owner).await
+            }
+
             async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>> {
                 wsql::job(&self.pool, job_id).await
             }
@@ -379,6 +387,14 @@ pub trait Store: Send + Sync + 'static {
         update: &JobUpdate,
         now_ms: i64,
     ) -> Result<bool>;
+    /// `update_job` for several jobs in one transaction (one commit): the batched
+    /// acknowledgement of the claim loop. Results in the order given.
+    async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>>;
+    /// `mark_sending` for several jobs of `owner` in one transaction.
+    async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>>;
+    /// `reserve_attempt` for several jobs in one transaction: each reservation is
+    /// still checked against every cap atomically (numbers locked in one order).
+    async fn reserve_attempts(&self, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>>;
     async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>>;
     async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<()>;
     /// `dialer campaign requeue NAME --reason R`: dropped jobs back to the queue.

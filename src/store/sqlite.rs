@@ -169,4 +169,9 @@ super::impl_store!(SqliteStore, Backend::Sqlite, {
         let _guard = self.reserve_lock.lock().await;
         wsql::reserve_attempt(&self.pool, job, key, body, caps, now_ms).await
     }
+
+    async fn reserve_attempts(&self, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
+        let _guard = self.reserve_lock.lock().await;
+        wsql::reserve_attempts(&self.pool, reqs).await
+    }
 });

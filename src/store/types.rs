@@ -319,3 +319,30 @@ pub struct InboxEvent {
     pub call_id: String,
     pub body: String,
 }
+
+/// One decision of a batch (`Store::update_jobs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobWrite {
+    pub job_id: i64,
+    pub guard: Guard,
+    pub update: JobUpdate,
+    pub now_ms: i64,
+}
+
+/// One "about to send" mark of a batch (`Store::mark_sending_many`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendMark {
+    pub job_id: i64,
+    pub attempt_id: i64,
+    pub now_ms: i64,
+}
+
+/// One reservation of a batch (`Store::reserve_attempts`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReserveRequest {
+    pub job: ClaimedJob,
+    pub key: String,
+    pub body: String,
+    pub caps: Vec<(u32, i64)>,
+    pub now_ms: i64,
+}

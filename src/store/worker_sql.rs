@@ -247,15 +247,44 @@ macro_rules! worker_sql {
             now_ms: i64,
         ) -> Result<Reservation> {
             let mut tx = super::begin_tx(pool).await?;
+            let r = reserve_on(&mut tx, job, key, body, caps, now_ms).await?;
+            tx.commit().await?;
+            Ok(r)
+        }
+
+        /// Several reservations in one transaction (one commit). The per-number
+        /// locks are taken in one global order (by number), so two workers' batches
+        /// cannot deadlock; they are held until the batch commits.
+        pub(crate) async fn reserve_attempts(pool: &$Pool, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
+            let mut order: Vec<usize> = (0..reqs.len()).collect();
+            order.sort_by(|a, b| reqs[*a].job.phone.cmp(&reqs[*b].job.phone));
+            let mut out: Vec<Option<Reservation>> = vec![None; reqs.len()];
+            let mut tx = super::begin_tx(pool).await?;
+            for i in order {
+                let r = &reqs[i];
+                out[i] = Some(reserve_on(&mut tx, &r.job, &r.key, &r.body, &r.caps, r.now_ms).await?);
+            }
+            tx.commit().await?;
+            Ok(out.into_iter().map(|r| r.expect("every request answered")).collect())
+        }
+
+        async fn reserve_on(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            job: &ClaimedJob,
+            key: &str,
+            body: &str,
+            caps: &[(u32, i64)],
+            now_ms: i64,
+        ) -> Result<Reservation> {
+            let tx = conn;
             let lock: Option<&str> = $lock_number;
             if let Some(lock) = lock {
                 sqlx::query(lock).bind(&job.phone).execute(&mut *tx).await?;
             }
             let longest = caps.iter().map(|c| c.1).max().unwrap_or(0);
             if longest > 0 {
-                let times = counted_calls(&mut tx, &job.phone, now_ms - longest).await?;
+                let times = counted_calls(&mut *tx, &job.phone, now_ms - longest).await?;
                 if let Some(retry_at_ms) = cap_retry_at(&times, caps, now_ms) {
-                    tx.rollback().await?;
                     return Ok(Reservation::CapReached { retry_at_ms });
                 }
             }
@@ -283,12 +312,33 @@ macro_rules! worker_sql {
                 .bind(attempt.id)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
             Ok(Reservation::Reserved(attempt))
         }
 
         pub(crate) async fn mark_sending(pool: &$Pool, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
+            Ok(mark_sending_many(pool, &[SendMark { job_id, attempt_id, now_ms }], owner).await?[0])
+        }
+
+        /// Several marks in one transaction (one commit); each applies only while
+        /// `owner` holds that job's lease.
+        pub(crate) async fn mark_sending_many(pool: &$Pool, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
             let mut tx = super::begin_tx(pool).await?;
+            let mut out = Vec::with_capacity(marks.len());
+            for m in marks {
+                out.push(mark_sending_on(&mut tx, m.job_id, m.attempt_id, owner, m.now_ms).await?);
+            }
+            tx.commit().await?;
+            Ok(out)
+        }
+
+        async fn mark_sending_on(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            job_id: i64,
+            attempt_id: i64,
+            owner: &str,
+            now_ms: i64,
+        ) -> Result<bool> {
+            let tx = conn;
             // Only while this worker still holds the lease: a worker whose lease
             // expired (and whose job another worker took over) must not send.
             let held = sqlx::query(
@@ -303,7 +353,6 @@ macro_rules! worker_sql {
             .rows_affected()
                 == 1;
             if !held {
-                tx.rollback().await?;
                 return Ok(false);
             }
             sqlx::query(
@@ -314,7 +363,6 @@ macro_rules! worker_sql {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             Ok(true)
         }
 
@@ -328,6 +376,30 @@ macro_rules! worker_sql {
 
         pub(crate) async fn update_job(pool: &$Pool, job_id: i64, guard: &Guard, u: &JobUpdate, now_ms: i64) -> Result<bool> {
             let mut tx = super::begin_tx(pool).await?;
+            let applied = update_job_on(&mut tx, job_id, guard, u, now_ms).await?;
+            tx.commit().await?;
+            Ok(applied)
+        }
+
+        /// Several decisions in one transaction (one commit), in order.
+        pub(crate) async fn update_jobs(pool: &$Pool, writes: &[JobWrite]) -> Result<Vec<bool>> {
+            let mut tx = super::begin_tx(pool).await?;
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                out.push(update_job_on(&mut tx, w.job_id, &w.guard, &w.update, w.now_ms).await?);
+            }
+            tx.commit().await?;
+            Ok(out)
+        }
+
+        async fn update_job_on(
+            conn: &mut <$DB as sqlx::Database>::Connection,
+            job_id: i64,
+            guard: &Guard,
+            u: &JobUpdate,
+            now_ms: i64,
+        ) -> Result<bool> {
+            let tx = conn;
             if let Some(a) = &u.attempt {
                 match a.placement {
                     Some(Placement::Placed) | Some(Placement::PossiblyPlaced) => {
@@ -422,7 +494,6 @@ macro_rules! worker_sql {
                 .await?
                 .rows_affected()
                 == 1;
-            tx.commit().await?;
             Ok(applied)
         }
 

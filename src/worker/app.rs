@@ -14,9 +14,10 @@ use crate::phone::{PhoneNumber, mask};
 use crate::revdesk::client::Client;
 use crate::revdesk::wire::DialRequest;
 use crate::store::{
-    AuditRecord, CampaignRow, ClaimedJob, DynStore, Guard, JobUpdate, NumberFacts, Placement,
-    Reservation,
+    AuditRecord, CampaignRow, ClaimedJob, DynStore, Guard, JobUpdate, JobWrite, NumberFacts,
+    Placement, Reservation, ReserveRequest, SendMark,
 };
+use crate::worker::batch::Batcher;
 use crate::worker::breaker::CircuitBreaker;
 use crate::worker::pacing::{Pacer, PacerConfig};
 use chrono::{DateTime, Utc};
@@ -26,6 +27,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+/// Most writes of one kind in one batch (one transaction).
+const BATCH_MAX: usize = 256;
+/// Batches of one kind written at once (each on its own pooled connection).
+const BATCH_PARALLEL: usize = 2;
 
 /// The account whose halts this worker honours (one RevDesk account per deployment).
 pub const ACCOUNT: &str = "default";
@@ -48,6 +54,15 @@ pub enum Probe {
 
 pub struct App {
     pub store: DynStore,
+    /// The claim loop's and the maintenance loop's own connections (PostgreSQL), so
+    /// that claims, pre-flight facts and heartbeats never queue behind the dials in
+    /// flight for a pooled connection; unset, they use `store`.
+    control: std::sync::OnceLock<DynStore>,
+    /// Group commit of the hot path's writes (see `batch`).
+    audits: Batcher<AuditRecord, ()>,
+    reserves: Batcher<ReserveRequest, Reservation>,
+    marks: Batcher<SendMark, bool>,
+    acks: Batcher<JobWrite, bool>,
     pub settings: Settings,
     pub engine: Engine,
     pub client: Client,
@@ -88,8 +103,48 @@ impl App {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         let worker_id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         m::install();
+        let audits = {
+            let store = store.clone();
+            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |rows: Vec<AuditRecord>| {
+                let store = store.clone();
+                async move {
+                    store.insert_audit(&rows).await?;
+                    Ok(vec![(); rows.len()])
+                }
+            })
+        };
+        let reserves = {
+            let store = store.clone();
+            Batcher::spawn(
+                BATCH_MAX,
+                BATCH_PARALLEL,
+                move |reqs: Vec<ReserveRequest>| {
+                    let store = store.clone();
+                    async move { Ok(store.reserve_attempts(&reqs).await?) }
+                },
+            )
+        };
+        let marks = {
+            let (store, owner) = (store.clone(), worker_id.clone());
+            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |marks: Vec<SendMark>| {
+                let (store, owner) = (store.clone(), owner.clone());
+                async move { Ok(store.mark_sending_many(&marks, &owner).await?) }
+            })
+        };
+        let acks = {
+            let store = store.clone();
+            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |writes: Vec<JobWrite>| {
+                let store = store.clone();
+                async move { Ok(store.update_jobs(&writes).await?) }
+            })
+        };
         Ok(App {
             store,
+            control: std::sync::OnceLock::new(),
+            audits,
+            reserves,
+            marks,
+            acks,
             settings,
             engine,
             client,
@@ -106,6 +161,16 @@ impl App {
             held: Mutex::new(HashSet::new()),
             account_halted: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The store of the claim and maintenance loops (see `control`).
+    pub fn control(&self) -> &DynStore {
+        self.control.get().unwrap_or(&self.store)
+    }
+
+    /// Gives the claim and maintenance loops their own store (set once, at start).
+    pub fn set_control(&self, store: DynStore) {
+        let _ = self.control.set(store);
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -336,13 +401,7 @@ impl App {
 
     pub(crate) async fn update(&self, job: &ClaimedJob, u: &JobUpdate) -> anyhow::Result<bool> {
         let applied = self
-            .store
-            .update_job(
-                job.id,
-                &Guard::Lease(self.worker_id.clone()),
-                u,
-                self.now_ms(),
-            )
+            .write_job(job.id, Guard::Lease(self.worker_id.clone()), u.clone())
             .await?;
         if !applied {
             tracing::warn!(
@@ -351,6 +410,39 @@ impl App {
             );
         }
         Ok(applied)
+    }
+
+    /// `Store::update_job`, group-committed with the other decisions in flight.
+    pub(crate) async fn write_job(
+        &self,
+        job_id: i64,
+        guard: Guard,
+        update: JobUpdate,
+    ) -> anyhow::Result<bool> {
+        self.acks
+            .submit(JobWrite {
+                job_id,
+                guard,
+                update,
+                now_ms: self.now_ms(),
+            })
+            .await
+    }
+
+    /// `Store::insert_audit` of one row, group-committed.
+    pub(crate) async fn write_audit(&self, row: AuditRecord) -> anyhow::Result<()> {
+        self.audits.submit(row).await
+    }
+
+    /// `Store::mark_sending` for this worker, group-committed.
+    pub(crate) async fn write_mark(&self, job_id: i64, attempt_id: i64) -> anyhow::Result<bool> {
+        self.marks
+            .submit(SendMark {
+                job_id,
+                attempt_id,
+                now_ms: self.now_ms(),
+            })
+            .await
     }
 
     async fn process_inner(
@@ -401,8 +493,7 @@ impl App {
         let verdict =
             self.engine
                 .evaluate(&recipient, &campaign.policy, &engine_facts(&facts), now);
-        self.store
-            .insert_audit(&[self.audit(&job, &verdict, "claim")])
+        self.write_audit(self.audit(&job, &verdict, "claim"))
             .await?;
         if self.apply_verdict(&job, &cname, &verdict, false).await? {
             return Ok(());
@@ -424,11 +515,14 @@ impl App {
                     .into_iter()
                     .map(|c| (c.calls, c.per.as_millis() as i64))
                     .collect();
-                match self
-                    .store
-                    .reserve_attempt(&job, &key, &body, &caps, ms(now))
-                    .await?
-                {
+                let req = ReserveRequest {
+                    job: job.clone(),
+                    key,
+                    body,
+                    caps,
+                    now_ms: ms(now),
+                };
+                match self.reserves.submit(req).await? {
                     Reservation::Reserved(a) => a,
                     Reservation::CapReached { retry_at_ms } => {
                         metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => cname.clone(), "rule" => "frequency_cap").increment(1);

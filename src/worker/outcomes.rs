@@ -170,8 +170,7 @@ impl App {
             }
         }
         let applied = self
-            .store
-            .update_job(job.id, &Guard::Awaiting(attempt.id), &u, now_ms)
+            .write_job(job.id, Guard::Awaiting(attempt.id), u)
             .await?;
         if applied {
             metrics::counter!(m::CALL_OUTCOMES, "campaign" => campaign.row.name.clone(), "code" => label_code, "category" => label_cat)
