@@ -122,13 +122,6 @@ macro_rules! impl_store {
                 wsql::update_job(&self.pool, job_id, guard, update, now_ms).await
             }
 
-            async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>> {
-                wsql::update_jobs(&self.pool, writes).await
-            }
-
-            async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
-                wsql::mark_sending_many(&self.pool, marks, owner).await
-            }
 
             async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>> {
                 wsql::job(&self.pool, job_id).await
@@ -136,6 +129,14 @@ macro_rules! impl_store {
 
             async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<()> {
                 wsql::insert_audit(&self.pool, rows).await
+            }
+
+            async fn inbox_insert_many(&self, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>> {
+                wsql::inbox_insert_many(&self.pool, events, now_ms).await
+            }
+
+            async fn inbox_mark_applied_many(&self, marks: &[(String, String)], now_ms: i64) -> Result<()> {
+                wsql::inbox_mark_applied_many(&self.pool, marks, now_ms).await
             }
 
             async fn requeue_dropped(&self, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
@@ -434,6 +435,10 @@ pub trait Store: Send + Sync + 'static {
     async fn attempt(&self, id: i64) -> Result<Option<AttemptRow>>;
     /// Keeps a webhook event; false when its id was seen before.
     async fn inbox_insert(&self, event: &InboxEvent, now_ms: i64) -> Result<bool>;
+    /// `inbox_insert` for several events in one transaction (group commit).
+    async fn inbox_insert_many(&self, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>>;
+    /// `inbox_mark_applied` for several `(event id, result)` in one transaction.
+    async fn inbox_mark_applied_many(&self, marks: &[(String, String)], now_ms: i64) -> Result<()>;
     async fn inbox_pending(&self, call_id: &str) -> Result<Vec<InboxEvent>>;
     async fn inbox_mark_applied(&self, event_id: &str, result: &str, now_ms: i64) -> Result<()>;
     /// Placed attempts with no outcome since `placed_before_ms` (reconciliation).

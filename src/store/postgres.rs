@@ -14,7 +14,8 @@ mod wsql {
         sqlx::Postgres,
         sqlx::PgPool,
         sqlx::postgres::PgRow,
-        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
+        " FOR NO KEY UPDATE"
     );
 }
 
@@ -297,6 +298,335 @@ async fn import_staged(
         .rows_affected())
 }
 
+/// Locks job rows in id order before a batch changes them. Every batch that
+/// changes several jobs (and the heartbeat) takes job rows in this one order, so
+/// two of them never wait on each other in a cycle (PostgreSQL would abort one
+/// with "deadlock detected"); a batch's rows would otherwise lock in whatever
+/// order the join happens to produce.
+async fn lock_jobs(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ids: impl Iterator<Item = i64>,
+) -> Result<()> {
+    let ids: Vec<i64> = ids.collect();
+    // NO KEY UPDATE: the strength an UPDATE of a job takes anyway (a stronger lock
+    // would also wait on the key-share locks of attempts' foreign-key checks).
+    sqlx::query("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn has_repeats(ids: impl Iterator<Item = i64>) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    ids.into_iter().any(|id| !seen.insert(id))
+}
+
+fn counter_code(c: CounterChange) -> i32 {
+    match c {
+        CounterChange::Keep => 0,
+        CounterChange::Increment => 1,
+        CounterChange::Reset => 2,
+    }
+}
+
+/// `Store::update_jobs` as three set-based statements for the whole batch (job ids
+/// distinct), with the semantics of `update_job` per row: the attempt part always
+/// applies (a 202 is never lost), an attempt first (possibly) placed counts once
+/// toward the job's attempts, and the job part applies only where its guard holds.
+async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>> {
+    let mut tx = begin_tx(pool).await?;
+    lock_jobs(&mut tx, writes.iter().map(|w| w.job_id)).await?;
+    let with_attempt: Vec<(&JobWrite, &AttemptUpdate)> = writes
+        .iter()
+        .filter_map(|w| w.update.attempt.as_ref().map(|a| (w, a)))
+        .collect();
+    if !with_attempt.is_empty() {
+        let counted: Vec<i64> = sqlx::query_scalar::<_, Option<i64>>(
+            "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], \
+               $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[]) \
+               AS u(attempt_id, placement, call_id, response_status, response_code, response_category, \
+               outcome_code, outcome_category, outcome_source, now_ms)) \
+             UPDATE attempts a SET \
+               placement = CASE \
+                 WHEN u.placement IN ('placed', 'possibly_placed') AND o.placement = 'reserved' THEN u.placement \
+                 WHEN u.placement = 'placed' AND o.placement = 'possibly_placed' THEN 'placed' \
+                 WHEN u.placement = 'not_placed' AND o.placement = 'reserved' THEN 'not_placed' \
+                 ELSE o.placement END, \
+               call_id = COALESCE(o.call_id, u.call_id), \
+               placed_at_ms = CASE WHEN u.call_id IS NOT NULL AND o.placed_at_ms IS NULL THEN u.now_ms \
+                 ELSE o.placed_at_ms END, \
+               response_status = COALESCE(u.response_status, o.response_status), \
+               response_code = COALESCE(u.response_code, o.response_code), \
+               response_category = COALESCE(u.response_category, o.response_category), \
+               outcome_code = COALESCE(o.outcome_code, u.outcome_code), \
+               outcome_category = COALESCE(o.outcome_category, u.outcome_category), \
+               outcome_source = COALESCE(o.outcome_source, u.outcome_source), \
+               outcome_at_ms = CASE WHEN u.outcome_code IS NOT NULL AND o.outcome_at_ms IS NULL THEN u.now_ms \
+                 ELSE o.outcome_at_ms END \
+             FROM u JOIN attempts o ON o.id = u.attempt_id \
+             WHERE a.id = u.attempt_id \
+             RETURNING CASE WHEN u.placement IN ('placed', 'possibly_placed') AND o.placement = 'reserved' \
+               THEN a.job_id END",
+        )
+        .bind(with_attempt.iter().map(|(_, a)| a.id).collect::<Vec<i64>>())
+        .bind(
+            with_attempt
+                .iter()
+                .map(|(_, a)| a.placement.map(Placement::as_str))
+                .collect::<Vec<Option<&str>>>(),
+        )
+        .bind(with_attempt.iter().map(|(_, a)| a.call_id.as_deref()).collect::<Vec<_>>())
+        .bind(with_attempt.iter().map(|(_, a)| a.response_status).collect::<Vec<_>>())
+        .bind(with_attempt.iter().map(|(_, a)| a.response_code.as_deref()).collect::<Vec<_>>())
+        .bind(
+            with_attempt
+                .iter()
+                .map(|(_, a)| a.response_category.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(with_attempt.iter().map(|(_, a)| a.outcome_code.as_deref()).collect::<Vec<_>>())
+        .bind(
+            with_attempt
+                .iter()
+                .map(|(_, a)| a.outcome_category.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(with_attempt.iter().map(|(_, a)| a.outcome_source).collect::<Vec<_>>())
+        .bind(with_attempt.iter().map(|(w, _)| w.now_ms).collect::<Vec<i64>>())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+        if !counted.is_empty() {
+            // The first time an attempt is (possibly) placed it counts once toward
+            // max_attempts (SPEC section 7), whether or not the job part applies.
+            sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = ANY($1)")
+                .bind(&counted)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let (owners, awaiting): (Vec<Option<&str>>, Vec<Option<i64>>) = writes
+        .iter()
+        .map(|w| match &w.guard {
+            Guard::Lease(owner) => (Some(owner.as_str()), None),
+            Guard::Awaiting(attempt) => (None, Some(*attempt)),
+        })
+        .unzip();
+    let applied: Vec<i64> = sqlx::query_scalar(
+        "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+           $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[], $12::int[], $13::bool[], \
+           $14::bigint[]) \
+           AS u(job_id, owner, awaiting, status, due_at_ms, reason, reason_source, last_code, last_category, \
+           retries, requeues, refusals, clear_attempt, now_ms)) \
+         UPDATE jobs j SET status = u.status, due_at_ms = COALESCE(u.due_at_ms, j.due_at_ms), \
+           reason = u.reason, reason_source = u.reason_source, \
+           last_code = COALESCE(u.last_code, j.last_code), last_category = COALESCE(u.last_category, j.last_category), \
+           provider_retries = CASE u.retries WHEN 0 THEN j.provider_retries WHEN 1 THEN j.provider_retries + 1 ELSE 0 END, \
+           provider_requeues = CASE u.requeues WHEN 0 THEN j.provider_requeues WHEN 1 THEN j.provider_requeues + 1 ELSE 0 END, \
+           vendor_refusals = CASE u.refusals WHEN 0 THEN j.vendor_refusals WHEN 1 THEN j.vendor_refusals + 1 ELSE 0 END, \
+           current_attempt_id = CASE WHEN u.clear_attempt THEN NULL ELSE j.current_attempt_id END, \
+           lease_owner = CASE WHEN u.status IN ('running', 'dialing') THEN j.lease_owner ELSE NULL END, \
+           lease_expires_ms = CASE WHEN u.status IN ('running', 'dialing') THEN j.lease_expires_ms ELSE NULL END, \
+           updated_at_ms = u.now_ms \
+         FROM u WHERE j.id = u.job_id AND ( \
+           (u.owner IS NOT NULL AND j.lease_owner = u.owner) OR \
+           (u.awaiting IS NOT NULL AND j.status = 'awaiting_outcome' AND j.current_attempt_id = u.awaiting)) \
+         RETURNING j.id",
+    )
+    .bind(writes.iter().map(|w| w.job_id).collect::<Vec<i64>>())
+    .bind(owners)
+    .bind(awaiting)
+    .bind(writes.iter().map(|w| w.update.status).collect::<Vec<&str>>())
+    .bind(writes.iter().map(|w| w.update.due_at_ms).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.update.reason.as_deref()).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.update.reason_source).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.update.last_code.as_deref()).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.update.last_category.as_deref()).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| counter_code(w.update.provider_retries)).collect::<Vec<i32>>())
+    .bind(writes.iter().map(|w| counter_code(w.update.provider_requeues)).collect::<Vec<i32>>())
+    .bind(writes.iter().map(|w| counter_code(w.update.vendor_refusals)).collect::<Vec<i32>>())
+    .bind(writes.iter().map(|w| w.update.clear_current_attempt).collect::<Vec<bool>>())
+    .bind(writes.iter().map(|w| w.now_ms).collect::<Vec<i64>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let applied: std::collections::HashSet<i64> = applied.into_iter().collect();
+    Ok(writes.iter().map(|w| applied.contains(&w.job_id)).collect())
+}
+
+/// `Store::mark_sending_many` as one statement (job ids distinct): each job moves to
+/// `dialing` and its attempt counts a send only while `owner` holds the lease.
+async fn mark_sending_set(pool: &PgPool, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
+    let mut tx = begin_tx(pool).await?;
+    lock_jobs(&mut tx, marks.iter().map(|m| m.job_id)).await?;
+    let held: Vec<i64> = sqlx::query_scalar(
+        "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms)), \
+         held AS (UPDATE jobs j SET status = 'dialing', updated_at_ms = u.now_ms FROM u \
+           WHERE j.id = u.job_id AND j.lease_owner = $4 AND j.status IN ('running', 'dialing') RETURNING j.id), \
+         sent AS (UPDATE attempts a SET sends = a.sends + 1, first_sent_at_ms = COALESCE(a.first_sent_at_ms, u.now_ms), \
+           last_sent_at_ms = u.now_ms FROM u WHERE a.id = u.attempt_id AND u.job_id IN (SELECT id FROM held) \
+           RETURNING a.id) \
+         SELECT id FROM held",
+    )
+    .bind(marks.iter().map(|m| m.job_id).collect::<Vec<i64>>())
+    .bind(marks.iter().map(|m| m.attempt_id).collect::<Vec<i64>>())
+    .bind(marks.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
+    .bind(owner)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let held: std::collections::HashSet<i64> = held.into_iter().collect();
+    Ok(marks.iter().map(|m| held.contains(&m.job_id)).collect())
+}
+
+/// `Store::reserve_attempts` with set-based statements (job ids distinct): the
+/// numbers' advisory locks in one statement, in number order (the order the
+/// per-job path uses too); the counted calls of every number in one query; the
+/// caps checked here in request order by number, each reservation counting for the
+/// next request of the same number; the attempts inserted and the jobs pointed at
+/// them in two statements. One transaction, so the check and the reservation stay
+/// atomic against every other worker (SPEC section 6).
+async fn reserve_attempts_set(pool: &PgPool, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
+    use std::collections::HashMap;
+    let mut tx = begin_tx(pool).await?;
+    let phones: Vec<&str> = reqs.iter().map(|r| r.job.phone.as_str()).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(p, 0)) FROM unnest($1::text[]) AS t(p) \
+         GROUP BY p ORDER BY p",
+    )
+    .bind(&phones)
+    .execute(&mut *tx)
+    .await?;
+    let since = reqs
+        .iter()
+        .map(|r| r.now_ms - r.caps.iter().map(|c| c.1).max().unwrap_or(0))
+        .min()
+        .unwrap_or(0);
+    let mut counted: HashMap<String, Vec<i64>> = HashMap::new();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT phone, created_at_ms FROM attempts WHERE phone = ANY($1) AND placement <> 'not_placed' \
+         AND created_at_ms > $2 ORDER BY phone, created_at_ms",
+    )
+    .bind(&phones)
+    .bind(since)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (phone, at) in rows {
+        counted.entry(phone).or_default().push(at);
+    }
+    let job_ids: Vec<i64> = reqs.iter().map(|r| r.job.id).collect();
+    let numbers: HashMap<i64, i64> = sqlx::query_as(
+        "SELECT job_id, COUNT(*) FROM attempts WHERE job_id = ANY($1) GROUP BY job_id",
+    )
+    .bind(&job_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut order: Vec<usize> = (0..reqs.len()).collect();
+    order.sort_by(|a, b| reqs[*a].job.phone.cmp(&reqs[*b].job.phone));
+    let mut out: Vec<Option<Reservation>> = vec![None; reqs.len()];
+    let mut insert: Vec<usize> = Vec::new();
+    for i in order {
+        let r = &reqs[i];
+        let longest = r.caps.iter().map(|c| c.1).max().unwrap_or(0);
+        let times = counted.entry(r.job.phone.clone()).or_default();
+        if longest > 0 {
+            let in_window: Vec<i64> = times
+                .iter()
+                .copied()
+                .filter(|t| *t > r.now_ms - longest)
+                .collect();
+            if let Some(retry_at_ms) = wsql::cap_retry_at(&in_window, &r.caps, r.now_ms) {
+                out[i] = Some(Reservation::CapReached { retry_at_ms });
+                continue;
+            }
+        }
+        // Reserved: it counts toward the caps of the batch's later requests.
+        times.push(r.now_ms);
+        times.sort_unstable();
+        insert.push(i);
+    }
+    if !insert.is_empty() {
+        let sql = format!(
+            "INSERT INTO attempts (job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, \
+             placement, created_at_ms) \
+             SELECT job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, 'reserved', created_at_ms \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bigint[]) \
+             AS u(job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, created_at_ms) \
+             RETURNING {}",
+            wsql::ATTEMPT_COLS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(insert.iter().map(|i| reqs[*i].job.id).collect::<Vec<i64>>())
+            .bind(
+                insert
+                    .iter()
+                    .map(|i| reqs[*i].job.campaign_id)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                insert
+                    .iter()
+                    .map(|i| reqs[*i].job.phone.as_str())
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(
+                insert
+                    .iter()
+                    .map(|i| numbers.get(&reqs[*i].job.id).copied().unwrap_or(0) as i32 + 1)
+                    .collect::<Vec<i32>>(),
+            )
+            .bind(
+                insert
+                    .iter()
+                    .map(|i| reqs[*i].key.as_str())
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(
+                insert
+                    .iter()
+                    .map(|i| reqs[*i].body.as_str())
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(insert.iter().map(|i| reqs[*i].now_ms).collect::<Vec<i64>>())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut by_job: HashMap<i64, AttemptRow> = HashMap::new();
+        for row in &rows {
+            let a = wsql::attempt_from_row(row)?;
+            by_job.insert(a.job_id, a);
+        }
+        lock_jobs(&mut tx, by_job.keys().copied()).await?;
+        sqlx::query(
+            "UPDATE jobs j SET current_attempt_id = u.attempt_id \
+             FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, attempt_id) WHERE j.id = u.job_id",
+        )
+        .bind(by_job.keys().copied().collect::<Vec<i64>>())
+        .bind(by_job.values().map(|a| a.id).collect::<Vec<i64>>())
+        .execute(&mut *tx)
+        .await?;
+        for i in insert {
+            let a = by_job.remove(&reqs[i].job.id).ok_or_else(|| {
+                super::StoreError::Invalid(format!(
+                    "no attempt reserved for job {}",
+                    reqs[i].job.id
+                ))
+            })?;
+            out[i] = Some(Reservation::Reserved(a));
+        }
+    }
+    tx.commit().await?;
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every request answered"))
+        .collect())
+}
+
 super::impl_store!(PgStore, Backend::Postgres, {
     async fn import_contacts(
         &self,
@@ -392,7 +722,26 @@ super::impl_store!(PgStore, Backend::Postgres, {
         wsql::reserve_attempt(&self.pool, job, key, body, caps, now_ms).await
     }
 
+    async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>> {
+        if has_repeats(writes.iter().map(|w| w.job_id)) {
+            // Two decisions for one job in a batch apply in order, one by one
+            // (after the batch's rows are locked in id order, like every batch).
+            return wsql::update_jobs(&self.pool, writes).await;
+        }
+        update_jobs_set(&self.pool, writes).await
+    }
+
+    async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
+        if has_repeats(marks.iter().map(|m| m.job_id)) {
+            return wsql::mark_sending_many(&self.pool, marks, owner).await;
+        }
+        mark_sending_set(&self.pool, marks, owner).await
+    }
+
     async fn reserve_attempts(&self, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
-        wsql::reserve_attempts(&self.pool, reqs).await
+        if has_repeats(reqs.iter().map(|r| r.job.id)) {
+            return wsql::reserve_attempts(&self.pool, reqs).await;
+        }
+        reserve_attempts_set(&self.pool, reqs).await
     }
 });

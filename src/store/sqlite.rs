@@ -18,7 +18,8 @@ mod wsql {
         sqlx::Sqlite,
         sqlx::SqlitePool,
         sqlx::sqlite::SqliteRow,
-        None
+        None,
+        ""
     );
 }
 
@@ -168,6 +169,14 @@ super::impl_store!(SqliteStore, Backend::Sqlite, {
         // One process serves SQLite: a mutex makes check-and-record atomic.
         let _guard = self.reserve_lock.lock().await;
         wsql::reserve_attempt(&self.pool, job, key, body, caps, now_ms).await
+    }
+
+    async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>> {
+        wsql::update_jobs(&self.pool, writes).await
+    }
+
+    async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
+        wsql::mark_sending_many(&self.pool, marks, owner).await
     }
 
     async fn reserve_attempts(&self, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {

@@ -2,10 +2,28 @@
 //! (instantiated per database by [`worker_sql!`]). `$lock_number` is the statement
 //! that serializes reservations for one number inside a transaction (PostgreSQL:
 //! an advisory lock), or `None` where the caller serializes them (SQLite: one
-//! process, a mutex).
+//! process, a mutex). `$for_update` is the row-lock clause that batches and the
+//! heartbeat use to lock job rows in id order (PostgreSQL: `FOR NO KEY UPDATE`), or
+//! `""` where there is one writer (SQLite).
 
 macro_rules! worker_sql {
-    ($DB:ty, $Pool:ty, $Row:ty, $lock_number:expr) => {
+    ($DB:ty, $Pool:ty, $Row:ty, $lock_number:expr, $for_update:expr) => {
+        /// Locks the batch's job rows in id order (PostgreSQL; SQLite has one writer).
+        async fn lock_batch(conn: &mut <$DB as sqlx::Database>::Connection, ids: &[i64]) -> Result<()> {
+            let for_update: &str = $for_update;
+            if for_update.is_empty() || ids.is_empty() {
+                return Ok(());
+            }
+            let mut qb = QueryBuilder::<$DB>::new("SELECT id FROM jobs WHERE id IN (");
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(*id);
+            }
+            qb.push(format!(") ORDER BY id{for_update}"));
+            qb.build().execute(&mut *conn).await?;
+            Ok(())
+        }
+
         use crate::store::types::*;
         use crate::store::Result;
         use sqlx::{QueryBuilder, Row};
@@ -105,9 +123,12 @@ macro_rules! worker_sql {
                 .bind(db_now_ms)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "UPDATE jobs SET lease_expires_ms = $2 WHERE lease_owner = $1 AND status IN ('running', 'dialing')",
-            )
+            // Rows locked in id order, as every batch locks them (no deadlock cycle).
+            let for_update: &str = $for_update;
+            sqlx::query(&format!(
+                "UPDATE jobs SET lease_expires_ms = $2 WHERE id IN (SELECT id FROM jobs WHERE lease_owner = $1 \
+                 AND status IN ('running', 'dialing') ORDER BY id{for_update})",
+            ))
             .bind(id)
             .bind(db_now_ms + lease_ms)
             .execute(&mut *tx)
@@ -143,7 +164,8 @@ macro_rules! worker_sql {
         pub(crate) async fn recover_expired_leases(pool: &$Pool, db_now_ms: i64, now_ms: i64) -> Result<u64> {
             let mut tx = super::begin_tx(pool).await?;
             let expired: Vec<(i64, Option<i64>)> = sqlx::query_as(
-                "SELECT id, current_attempt_id FROM jobs WHERE status IN ('running', 'dialing') AND lease_expires_ms < $1",
+                "SELECT id, current_attempt_id FROM jobs WHERE status IN ('running', 'dialing') AND lease_expires_ms < $1 \
+                 ORDER BY id",
             )
             .bind(db_now_ms)
             .fetch_all(&mut *tx)
@@ -260,6 +282,14 @@ macro_rules! worker_sql {
             order.sort_by(|a, b| reqs[*a].job.phone.cmp(&reqs[*b].job.phone));
             let mut out: Vec<Option<Reservation>> = vec![None; reqs.len()];
             let mut tx = super::begin_tx(pool).await?;
+            for i in &order {
+                let lock: Option<&str> = $lock_number;
+                if let Some(lock) = lock {
+                    sqlx::query(lock).bind(&reqs[*i].job.phone).execute(&mut *tx).await?;
+                }
+            }
+            let ids: Vec<i64> = reqs.iter().map(|r| r.job.id).collect();
+            lock_batch(&mut tx, &ids).await?;
             for i in order {
                 let r = &reqs[i];
                 out[i] = Some(reserve_on(&mut tx, &r.job, &r.key, &r.body, &r.caps, r.now_ms).await?);
@@ -323,6 +353,8 @@ macro_rules! worker_sql {
         /// `owner` holds that job's lease.
         pub(crate) async fn mark_sending_many(pool: &$Pool, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
             let mut tx = super::begin_tx(pool).await?;
+            let ids: Vec<i64> = marks.iter().map(|m| m.job_id).collect();
+            lock_batch(&mut tx, &ids).await?;
             let mut out = Vec::with_capacity(marks.len());
             for m in marks {
                 out.push(mark_sending_on(&mut tx, m.job_id, m.attempt_id, owner, m.now_ms).await?);
@@ -384,6 +416,8 @@ macro_rules! worker_sql {
         /// Several decisions in one transaction (one commit), in order.
         pub(crate) async fn update_jobs(pool: &$Pool, writes: &[JobWrite]) -> Result<Vec<bool>> {
             let mut tx = super::begin_tx(pool).await?;
+            let ids: Vec<i64> = writes.iter().map(|w| w.job_id).collect();
+            lock_batch(&mut tx, &ids).await?;
             let mut out = Vec::with_capacity(writes.len());
             for w in writes {
                 out.push(update_job_on(&mut tx, w.job_id, &w.guard, &w.update, w.now_ms).await?);
@@ -650,6 +684,46 @@ macro_rules! worker_sql {
             .await?
             .rows_affected()
                 == 1)
+        }
+
+        /// `inbox_insert` for several events in one transaction, in order (a repeat
+        /// inside the batch is a duplicate like any other).
+        pub(crate) async fn inbox_insert_many(pool: &$Pool, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>> {
+            let mut tx = super::begin_tx(pool).await?;
+            let mut out = Vec::with_capacity(events.len());
+            for e in events {
+                out.push(
+                    sqlx::query(
+                        "INSERT INTO webhook_inbox (event_id, call_id, received_at_ms, body) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(&e.event_id)
+                    .bind(&e.call_id)
+                    .bind(now_ms)
+                    .bind(&e.body)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1,
+                );
+            }
+            tx.commit().await?;
+            Ok(out)
+        }
+
+        /// `inbox_mark_applied` for several events in one transaction.
+        pub(crate) async fn inbox_mark_applied_many(pool: &$Pool, marks: &[(String, String)], now_ms: i64) -> Result<()> {
+            let mut tx = super::begin_tx(pool).await?;
+            for (event_id, result) in marks {
+                sqlx::query("UPDATE webhook_inbox SET applied_at_ms = $2, result = $3 WHERE event_id = $1")
+                    .bind(event_id)
+                    .bind(now_ms)
+                    .bind(result)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
         }
 
         pub(crate) async fn inbox_pending(pool: &$Pool, call_id: &str) -> Result<Vec<InboxEvent>> {

@@ -14,8 +14,8 @@ use crate::phone::{PhoneNumber, mask};
 use crate::revdesk::client::Client;
 use crate::revdesk::wire::DialRequest;
 use crate::store::{
-    AuditRecord, CampaignRow, ClaimedJob, DynStore, Guard, JobUpdate, JobWrite, NumberFacts,
-    Placement, Reservation, ReserveRequest, SendMark,
+    AuditRecord, CampaignRow, ClaimedJob, DynStore, Guard, InboxEvent, JobUpdate, JobWrite,
+    NumberFacts, Placement, Reservation, ReserveRequest, SendMark,
 };
 use crate::worker::batch::Batcher;
 use crate::worker::breaker::CircuitBreaker;
@@ -63,6 +63,8 @@ pub struct App {
     reserves: Batcher<ReserveRequest, Reservation>,
     marks: Batcher<SendMark, bool>,
     acks: Batcher<JobWrite, bool>,
+    inbox: Batcher<InboxEvent, bool>,
+    inbox_applied: Batcher<(String, String), ()>,
     pub settings: Settings,
     pub engine: Engine,
     pub client: Client,
@@ -138,9 +140,32 @@ impl App {
                 async move { Ok(store.update_jobs(&writes).await?) }
             })
         };
+        let inbox = {
+            let (store, clock) = (store.clone(), clock.clone());
+            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |events: Vec<InboxEvent>| {
+                let (store, now_ms) = (store.clone(), clock.now().timestamp_millis());
+                async move { Ok(store.inbox_insert_many(&events, now_ms).await?) }
+            })
+        };
+        let inbox_applied = {
+            let (store, clock) = (store.clone(), clock.clone());
+            Batcher::spawn(
+                BATCH_MAX,
+                BATCH_PARALLEL,
+                move |marks: Vec<(String, String)>| {
+                    let (store, now_ms) = (store.clone(), clock.now().timestamp_millis());
+                    async move {
+                        store.inbox_mark_applied_many(&marks, now_ms).await?;
+                        Ok(vec![(); marks.len()])
+                    }
+                },
+            )
+        };
         Ok(App {
             store,
             control: std::sync::OnceLock::new(),
+            inbox,
+            inbox_applied,
             audits,
             reserves,
             marks,
@@ -426,6 +451,22 @@ impl App {
                 update,
                 now_ms: self.now_ms(),
             })
+            .await
+    }
+
+    /// `Store::inbox_insert`, group-committed: true when the event is new.
+    pub async fn write_inbox(&self, event: InboxEvent) -> anyhow::Result<bool> {
+        self.inbox.submit(event).await
+    }
+
+    /// `Store::inbox_mark_applied`, group-committed.
+    pub(crate) async fn write_inbox_applied(
+        &self,
+        event_id: &str,
+        result: &str,
+    ) -> anyhow::Result<()> {
+        self.inbox_applied
+            .submit((event_id.to_owned(), result.to_owned()))
             .await
     }
 

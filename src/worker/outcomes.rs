@@ -203,9 +203,7 @@ impl App {
             Applied::Recorded => "duplicate_outcome",
             Applied::NotFinal => "not_final",
         };
-        self.store
-            .inbox_mark_applied(&e.event_id, result, self.now().timestamp_millis())
-            .await?;
+        self.write_inbox_applied(&e.event_id, result).await?;
         Ok(result)
     }
 

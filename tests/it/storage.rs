@@ -209,3 +209,82 @@ both_backends! {
         }
     }
 }
+
+both_backends! {
+    /// The batched writes of the worker's group commit (on PostgreSQL set-based
+    /// statements) keep the per-job rules: a reservation counts toward the caps of
+    /// the next one; a send is marked only under the caller's lease; the attempt part
+    /// of a decision always applies and counts once, the job part only under its guard.
+    async fn batched_reservations_marks_and_decisions_keep_the_per_job_rules(db) {
+        use dialer::store::{AttemptUpdate, Guard, JobUpdate, JobWrite, Placement, ReserveRequest, Reservation, SendMark};
+        let id = campaign(&db.store).await;
+        let (_d, path) = write_file("c.csv", b"phone\n2122345601\n2122345602\n2122345603\n");
+        import::import_contacts(&db.store, id, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        let mut jobs = db.store.claim("w1", 10, NOW, 60_000, None).await.unwrap();
+        jobs.sort_by_key(|j| j.id);
+        assert_eq!(jobs.len(), 3);
+        let day = 86_400_000;
+        let req = |j: &dialer::store::ClaimedJob, k: &str| ReserveRequest {
+            job: j.clone(), key: k.into(), body: "{}".into(), caps: vec![(1, day)], now_ms: NOW,
+        };
+        let r = db.store
+            .reserve_attempts(&[req(&jobs[0], "ka"), req(&jobs[1], "kb"), req(&jobs[2], "kc")])
+            .await
+            .unwrap();
+        let attempts: Vec<_> = r.into_iter().map(|x| match x {
+            Reservation::Reserved(a) => a,
+            other => panic!("expected a reservation, got {other:?}"),
+        }).collect();
+        assert_eq!(attempts.iter().map(|a| a.idempotency_key.as_str()).collect::<Vec<_>>(), ["ka", "kb", "kc"]);
+        // The reserved attempt counts: a second one for the same number is capped.
+        match &db.store.reserve_attempts(&[req(&jobs[0], "ka2")]).await.unwrap()[0] {
+            Reservation::CapReached { retry_at_ms } => assert_eq!(*retry_at_ms, NOW + day),
+            other => panic!("cap of 1/24h not applied: {other:?}"),
+        }
+
+        let marks: Vec<SendMark> = jobs.iter().zip(&attempts)
+            .map(|(j, a)| SendMark { job_id: j.id, attempt_id: a.id, now_ms: NOW }).collect();
+        assert_eq!(db.store.mark_sending_many(&marks, "w2").await.unwrap(), [false, false, false]);
+        assert_eq!(db.store.mark_sending_many(&marks, "w1").await.unwrap(), [true, true, true]);
+
+        let placed = |a: &dialer::store::AttemptRow, call: &str| AttemptUpdate {
+            id: a.id, placement: Some(Placement::Placed), call_id: Some(call.into()),
+            response_status: Some(202), ..Default::default()
+        };
+        let write = |job_id: i64, guard: Guard, update: JobUpdate| JobWrite { job_id, guard, update, now_ms: NOW };
+        let applied = db.store.update_jobs(&[
+            write(jobs[0].id, Guard::Lease("w1".into()), JobUpdate {
+                status: "awaiting_outcome", attempt: Some(placed(&attempts[0], "call_a")), ..Default::default()
+            }),
+            // Lease lost: the 202 is still recorded and counted, the job is not moved.
+            write(jobs[1].id, Guard::Lease("w2".into()), JobUpdate {
+                status: "awaiting_outcome", attempt: Some(placed(&attempts[1], "call_b")), ..Default::default()
+            }),
+            write(jobs[2].id, Guard::Lease("w1".into()), JobUpdate {
+                status: "dropped", reason: Some("invalid_number".into()), reason_source: Some("vendor"),
+                attempt: Some(AttemptUpdate { id: attempts[2].id, placement: Some(Placement::NotPlaced), ..Default::default() }),
+                clear_current_attempt: true, ..Default::default()
+            }),
+        ]).await.unwrap();
+        assert_eq!(applied, [true, false, true]);
+        let a = db.store.job(jobs[0].id).await.unwrap().unwrap();
+        assert_eq!(a.attempts, 1);
+        let cur = a.current_attempt.unwrap();
+        assert_eq!((cur.placement, cur.call_id.as_deref(), cur.sends), (Placement::Placed, Some("call_a"), 1));
+        let b = db.store.job(jobs[1].id).await.unwrap().unwrap();
+        assert_eq!(b.attempts, 1, "a placed attempt counts even when the job part did not apply");
+        assert_eq!(db.store.attempt(attempts[1].id).await.unwrap().unwrap().call_id.as_deref(), Some("call_b"));
+        let c = db.store.job(jobs[2].id).await.unwrap().unwrap();
+        assert_eq!((c.attempts, c.current_attempt.is_none()), (0, true));
+        assert_eq!(db.store.attempt(attempts[2].id).await.unwrap().unwrap().placement, Placement::NotPlaced);
+
+        // The outcome guard: applies once while the job awaits this attempt.
+        let done = || write(jobs[0].id, Guard::Awaiting(attempts[0].id), JobUpdate {
+            status: "done", clear_current_attempt: true, ..Default::default()
+        });
+        assert_eq!(db.store.update_jobs(&[done()]).await.unwrap(), [true]);
+        assert_eq!(db.store.update_jobs(&[done()]).await.unwrap(), [false]);
+        let st = db.store.status(None, NOW).await.unwrap();
+        assert_eq!((st.campaigns[0].jobs["done"], st.campaigns[0].jobs["dropped"], st.campaigns[0].jobs["dialing"]), (1, 1, 1));
+    }
+}
