@@ -85,7 +85,11 @@ async fn webhook(
         call_id: event.data.id.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    match app.write_inbox(stored.clone()).await {
+    match app
+        .store
+        .inbox_insert(&stored, app.now().timestamp_millis())
+        .await
+    {
         Ok(false) => {
             count(&event.kind, "duplicate");
             return (StatusCode::OK, "duplicate\n");

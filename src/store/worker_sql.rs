@@ -672,18 +672,7 @@ macro_rules! worker_sql {
         }
 
         pub(crate) async fn inbox_insert(pool: &$Pool, e: &InboxEvent, now_ms: i64) -> Result<bool> {
-            Ok(sqlx::query(
-                "INSERT INTO webhook_inbox (event_id, call_id, received_at_ms, body) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(&e.event_id)
-            .bind(&e.call_id)
-            .bind(now_ms)
-            .bind(&e.body)
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1)
+            Ok(inbox_insert_many(pool, std::slice::from_ref(e), now_ms).await?[0])
         }
 
         /// `inbox_insert` for several events in one transaction, in order (a repeat
@@ -738,13 +727,7 @@ macro_rules! worker_sql {
         }
 
         pub(crate) async fn inbox_mark_applied(pool: &$Pool, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
-            sqlx::query("UPDATE webhook_inbox SET applied_at_ms = $2, result = $3 WHERE event_id = $1")
-                .bind(event_id)
-                .bind(now_ms)
-                .bind(result)
-                .execute(pool)
-                .await?;
-            Ok(())
+            inbox_mark_applied_many(pool, &[(event_id.to_owned(), result.to_owned())], now_ms).await
         }
 
         pub(crate) async fn unsettled_attempts(pool: &$Pool, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>> {

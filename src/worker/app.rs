@@ -14,10 +14,9 @@ use crate::phone::{PhoneNumber, mask};
 use crate::revdesk::client::Client;
 use crate::revdesk::wire::DialRequest;
 use crate::store::{
-    AuditRecord, CampaignRow, ClaimedJob, DynStore, Guard, InboxEvent, JobUpdate, JobWrite,
-    NumberFacts, Placement, Reservation, ReserveRequest, SendMark,
+    AuditRecord, CampaignRow, ClaimedJob, DynStore, Guard, JobUpdate, NumberFacts, Placement,
+    Reservation,
 };
-use crate::worker::batch::Batcher;
 use crate::worker::breaker::CircuitBreaker;
 use crate::worker::pacing::{Pacer, PacerConfig};
 use chrono::{DateTime, Utc};
@@ -27,11 +26,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// Most writes of one kind in one batch (one transaction).
-const BATCH_MAX: usize = 256;
-/// Batches of one kind written at once (each on its own pooled connection).
-const BATCH_PARALLEL: usize = 2;
 
 /// The account whose halts this worker honours (one RevDesk account per deployment).
 pub const ACCOUNT: &str = "default";
@@ -54,17 +48,6 @@ pub enum Probe {
 
 pub struct App {
     pub store: DynStore,
-    /// The claim loop's and the maintenance loop's own connections (PostgreSQL), so
-    /// that claims, pre-flight facts and heartbeats never queue behind the dials in
-    /// flight for a pooled connection; unset, they use `store`.
-    control: std::sync::OnceLock<DynStore>,
-    /// Group commit of the hot path's writes (see `batch`).
-    audits: Batcher<AuditRecord, ()>,
-    reserves: Batcher<ReserveRequest, Reservation>,
-    marks: Batcher<SendMark, bool>,
-    acks: Batcher<JobWrite, bool>,
-    inbox: Batcher<InboxEvent, bool>,
-    inbox_applied: Batcher<(String, String), ()>,
     pub settings: Settings,
     pub engine: Engine,
     pub client: Client,
@@ -105,71 +88,8 @@ impl App {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
         let worker_id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         m::install();
-        let audits = {
-            let store = store.clone();
-            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |rows: Vec<AuditRecord>| {
-                let store = store.clone();
-                async move {
-                    store.insert_audit(&rows).await?;
-                    Ok(vec![(); rows.len()])
-                }
-            })
-        };
-        let reserves = {
-            let store = store.clone();
-            Batcher::spawn(
-                BATCH_MAX,
-                BATCH_PARALLEL,
-                move |reqs: Vec<ReserveRequest>| {
-                    let store = store.clone();
-                    async move { Ok(store.reserve_attempts(&reqs).await?) }
-                },
-            )
-        };
-        let marks = {
-            let (store, owner) = (store.clone(), worker_id.clone());
-            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |marks: Vec<SendMark>| {
-                let (store, owner) = (store.clone(), owner.clone());
-                async move { Ok(store.mark_sending_many(&marks, &owner).await?) }
-            })
-        };
-        let acks = {
-            let store = store.clone();
-            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |writes: Vec<JobWrite>| {
-                let store = store.clone();
-                async move { Ok(store.update_jobs(&writes).await?) }
-            })
-        };
-        let inbox = {
-            let (store, clock) = (store.clone(), clock.clone());
-            Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |events: Vec<InboxEvent>| {
-                let (store, now_ms) = (store.clone(), clock.now().timestamp_millis());
-                async move { Ok(store.inbox_insert_many(&events, now_ms).await?) }
-            })
-        };
-        let inbox_applied = {
-            let (store, clock) = (store.clone(), clock.clone());
-            Batcher::spawn(
-                BATCH_MAX,
-                BATCH_PARALLEL,
-                move |marks: Vec<(String, String)>| {
-                    let (store, now_ms) = (store.clone(), clock.now().timestamp_millis());
-                    async move {
-                        store.inbox_mark_applied_many(&marks, now_ms).await?;
-                        Ok(vec![(); marks.len()])
-                    }
-                },
-            )
-        };
         Ok(App {
             store,
-            control: std::sync::OnceLock::new(),
-            inbox,
-            inbox_applied,
-            audits,
-            reserves,
-            marks,
-            acks,
             settings,
             engine,
             client,
@@ -186,16 +106,6 @@ impl App {
             held: Mutex::new(HashSet::new()),
             account_halted: std::sync::atomic::AtomicBool::new(false),
         })
-    }
-
-    /// The store of the claim and maintenance loops (see `control`).
-    pub fn control(&self) -> &DynStore {
-        self.control.get().unwrap_or(&self.store)
-    }
-
-    /// Gives the claim and maintenance loops their own store (set once, at start).
-    pub fn set_control(&self, store: DynStore) {
-        let _ = self.control.set(store);
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -426,7 +336,13 @@ impl App {
 
     pub(crate) async fn update(&self, job: &ClaimedJob, u: &JobUpdate) -> anyhow::Result<bool> {
         let applied = self
-            .write_job(job.id, Guard::Lease(self.worker_id.clone()), u.clone())
+            .store
+            .update_job(
+                job.id,
+                &Guard::Lease(self.worker_id.clone()),
+                u,
+                self.now_ms(),
+            )
             .await?;
         if !applied {
             tracing::warn!(
@@ -435,55 +351,6 @@ impl App {
             );
         }
         Ok(applied)
-    }
-
-    /// `Store::update_job`, group-committed with the other decisions in flight.
-    pub(crate) async fn write_job(
-        &self,
-        job_id: i64,
-        guard: Guard,
-        update: JobUpdate,
-    ) -> anyhow::Result<bool> {
-        self.acks
-            .submit(JobWrite {
-                job_id,
-                guard,
-                update,
-                now_ms: self.now_ms(),
-            })
-            .await
-    }
-
-    /// `Store::inbox_insert`, group-committed: true when the event is new.
-    pub async fn write_inbox(&self, event: InboxEvent) -> anyhow::Result<bool> {
-        self.inbox.submit(event).await
-    }
-
-    /// `Store::inbox_mark_applied`, group-committed.
-    pub(crate) async fn write_inbox_applied(
-        &self,
-        event_id: &str,
-        result: &str,
-    ) -> anyhow::Result<()> {
-        self.inbox_applied
-            .submit((event_id.to_owned(), result.to_owned()))
-            .await
-    }
-
-    /// `Store::insert_audit` of one row, group-committed.
-    pub(crate) async fn write_audit(&self, row: AuditRecord) -> anyhow::Result<()> {
-        self.audits.submit(row).await
-    }
-
-    /// `Store::mark_sending` for this worker, group-committed.
-    pub(crate) async fn write_mark(&self, job_id: i64, attempt_id: i64) -> anyhow::Result<bool> {
-        self.marks
-            .submit(SendMark {
-                job_id,
-                attempt_id,
-                now_ms: self.now_ms(),
-            })
-            .await
     }
 
     async fn process_inner(
@@ -534,7 +401,8 @@ impl App {
         let verdict =
             self.engine
                 .evaluate(&recipient, &campaign.policy, &engine_facts(&facts), now);
-        self.write_audit(self.audit(&job, &verdict, "claim"))
+        self.store
+            .insert_audit(&[self.audit(&job, &verdict, "claim")])
             .await?;
         if self.apply_verdict(&job, &cname, &verdict, false).await? {
             return Ok(());
@@ -556,14 +424,11 @@ impl App {
                     .into_iter()
                     .map(|c| (c.calls, c.per.as_millis() as i64))
                     .collect();
-                let req = ReserveRequest {
-                    job: job.clone(),
-                    key,
-                    body,
-                    caps,
-                    now_ms: ms(now),
-                };
-                match self.reserves.submit(req).await? {
+                match self
+                    .store
+                    .reserve_attempt(&job, &key, &body, &caps, ms(now))
+                    .await?
+                {
                     Reservation::Reserved(a) => a,
                     Reservation::CapReached { retry_at_ms } => {
                         metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => cname.clone(), "rule" => "frequency_cap").increment(1);

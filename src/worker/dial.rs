@@ -101,14 +101,19 @@ impl App {
             let now = self.now();
             let tv = self.engine.evaluate_time(&recipient, &campaign.policy, now);
             if !tv.is_allow() {
-                self.write_audit(self.audit(&job, &tv, "pre_request"))
+                self.store
+                    .insert_audit(&[self.audit(&job, &tv, "pre_request")])
                     .await?;
                 self.apply_verdict(&job, &cname, &tv, attempt.sends > 0)
                     .await?;
                 return Ok(());
             }
 
-            if !self.write_mark(job.id, attempt.id).await? {
+            if !self
+                .store
+                .mark_sending(job.id, attempt.id, &self.worker_id, ms(now))
+                .await?
+            {
                 tracing::warn!(
                     job_id = job.id,
                     "lease lost before the request was sent; not sending"

@@ -1,6 +1,5 @@
 //! The worker: claim loop, leases, pacing, dial and decide, outcomes, shutdown.
 pub mod app;
-pub mod batch;
 pub mod breaker;
 mod dial;
 pub mod outcomes;
@@ -56,10 +55,6 @@ pub fn build(
         .map_err(|e| StartError::Config("rate", e.to_string()))
 }
 
-/// Connections of the claim and maintenance loops (PostgreSQL), beside
-/// `database.max_connections` for the dials in flight and the webhooks.
-pub const CONTROL_CONNECTIONS: u32 = 3;
-
 /// Runs a built worker: the HTTP side on `listener`, heartbeats and recovery, and
 /// the claim loop, until `app.cancel` fires (or, with `until_idle`, until nothing is
 /// due or in flight). Stops cleanly: in-flight jobs finish or are released.
@@ -68,15 +63,6 @@ pub async fn serve(
     listener: TcpListener,
     until_idle: bool,
 ) -> anyhow::Result<()> {
-    if app.store.backend() == crate::store::Backend::Postgres {
-        use secrecy::ExposeSecret;
-        let control = crate::store::connect(
-            app.settings.database.url.expose_secret(),
-            CONTROL_CONNECTIONS,
-        )
-        .await?;
-        app.set_control(control);
-    }
     app.check_single_sqlite_worker().await?;
     app.store
         .register_worker(&app.worker_id, &app.worker_id, app.now().timestamp_millis())

@@ -170,7 +170,8 @@ impl App {
             }
         }
         let applied = self
-            .write_job(job.id, Guard::Awaiting(attempt.id), u)
+            .store
+            .update_job(job.id, &Guard::Awaiting(attempt.id), &u, now_ms)
             .await?;
         if applied {
             metrics::counter!(m::CALL_OUTCOMES, "campaign" => campaign.row.name.clone(), "code" => label_code, "category" => label_cat)
@@ -203,7 +204,9 @@ impl App {
             Applied::Recorded => "duplicate_outcome",
             Applied::NotFinal => "not_final",
         };
-        self.write_inbox_applied(&e.event_id, result).await?;
+        self.store
+            .inbox_mark_applied(&e.event_id, result, self.now().timestamp_millis())
+            .await?;
         Ok(result)
     }
 

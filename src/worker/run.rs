@@ -55,11 +55,7 @@ impl App {
             metrics::gauge!(m::DIALING_HALTED, "reason" => r.clone()).set(1.0);
         }
         let reason = halt.as_ref().map(|(r, _)| r.as_str());
-        if let Err(e) = self
-            .control()
-            .set_worker_halt(&self.worker_id, reason)
-            .await
-        {
+        if let Err(e) = self.store.set_worker_halt(&self.worker_id, reason).await {
             tracing::warn!(error = %e, "could not record the worker halt");
         }
     }
@@ -117,14 +113,14 @@ impl App {
                 limit = 1;
             }
             if probe.is_none() {
-                let halt = db!(self.control().account_halt(ACCOUNT).await);
+                let halt = db!(self.store.account_halt(ACCOUNT).await);
                 self.account_halted
                     .store(halt.is_some(), std::sync::atomic::Ordering::Relaxed);
                 if let Some(h) = halt {
                     metrics::gauge!(m::DIALING_HALTED, "reason" => h.reason.clone()).set(1.0);
                     if h.probe_at_ms <= now_ms
                         && db!(self
-                            .control()
+                            .store
                             .take_account_probe(ACCOUNT, now_ms, PROBE_HOLD_MS)
                             .await)
                     {
@@ -139,26 +135,22 @@ impl App {
             }
             let mut claimed: Vec<(ClaimedJob, Option<Probe>)> = Vec::new();
             if probe.is_none() {
-                for cid in db!(self
-                    .control()
-                    .take_campaign_probes(now_ms, PROBE_HOLD_MS)
-                    .await)
-                {
+                for cid in db!(self.store.take_campaign_probes(now_ms, PROBE_HOLD_MS).await) {
                     tracing::info!(
                         campaign_id = cid,
                         "campaign pause ended: sending one probe dial"
                     );
                     let jobs = db!(self
-                        .control()
+                        .store
                         .claim(&self.worker_id, 1, now_ms, lease_ms, Some(cid))
                         .await);
                     if jobs.is_empty() {
                         // No due job to probe with: hand the probe back, so that the
                         // next due job probes instead of waiting PROBE_HOLD_MS.
-                        if let Ok(Some(c)) = self.control().campaign_by_id(cid).await {
+                        if let Ok(Some(c)) = self.store.campaign_by_id(cid).await {
                             if let Some(reason) = c.auto_pause_reason {
                                 let _ = self
-                                    .control()
+                                    .store
                                     .pause_campaign(cid, &reason, Some(now_ms + 5_000), now_ms)
                                     .await;
                             }
@@ -180,7 +172,7 @@ impl App {
             let room = permits.saturating_sub(claimed.len() as u32).min(limit);
             if room > 0 {
                 for j in db!(self
-                    .control()
+                    .store
                     .claim(&self.worker_id, room, now_ms, lease_ms, None)
                     .await)
                 {
@@ -189,9 +181,9 @@ impl App {
             }
             if claimed.is_empty() && probe == Some(Probe::Account) {
                 // The account probe found no due job: give it back likewise.
-                if let Ok(Some(h)) = self.control().account_halt(ACCOUNT).await {
+                if let Ok(Some(h)) = self.store.account_halt(ACCOUNT).await {
                     let _ = self
-                        .control()
+                        .store
                         .halt_account(ACCOUNT, &h.reason, now_ms + 5_000, now_ms)
                         .await;
                 }
@@ -216,7 +208,7 @@ impl App {
                     // leases expire if the database is gone) and retry.
                     tracing::warn!(error = %e, "cannot read pre-flight facts; releasing the claimed jobs");
                     for (j, _) in &claimed {
-                        let _ = self.control().release(j.id, &self.worker_id, now_ms).await;
+                        let _ = self.store.release(j.id, &self.worker_id, now_ms).await;
                     }
                     self.nap(Duration::from_millis(500)).await;
                     continue;
@@ -246,7 +238,7 @@ impl App {
         }
         let held: Vec<i64> = self.held.lock().expect("poisoned").drain().collect();
         for id in held {
-            self.control()
+            self.store
                 .release(id, &self.worker_id, self.now().timestamp_millis())
                 .await?;
         }
@@ -263,7 +255,7 @@ impl App {
     /// Nothing due, nothing in flight, nothing awaiting an outcome (the demo's end).
     async fn quiescent(&self) -> anyhow::Result<bool> {
         let report = self
-            .control()
+            .store
             .status(None, self.now().timestamp_millis())
             .await?;
         let busy: i64 = report
@@ -289,7 +281,7 @@ impl App {
         let mut out = HashMap::new();
         for (cid, phones) in by_campaign {
             let name = self.campaign(cid).await?.row.name.clone();
-            for f in self.control().facts(&phones, Some(&name), since).await? {
+            for f in self.store.facts(&phones, Some(&name), since).await? {
                 out.insert((cid, f.phone.clone()), f);
             }
         }
@@ -306,21 +298,21 @@ impl App {
         loop {
             let now_ms = self.now().timestamp_millis();
             if let Err(e) = self
-                .control()
+                .store
                 .heartbeat(&self.worker_id, lease.as_millis() as i64, now_ms)
                 .await
             {
                 tracing::warn!(error = %e, "heartbeat failed");
             }
             match self
-                .control()
+                .store
                 .live_workers(now_ms - lease.as_millis() as i64)
                 .await
             {
                 Ok(live) => self.pacer.set_share(live.len().max(1) as u32),
                 Err(e) => tracing::warn!(error = %e, "cannot count live workers"),
             }
-            match self.control().recover_expired_leases(now_ms).await {
+            match self.store.recover_expired_leases(now_ms).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::warn!(jobs = n, "recovered expired leases of a dead worker");
@@ -348,11 +340,7 @@ impl App {
     }
 
     async fn update_gauges(&self) {
-        if let Ok(report) = self
-            .control()
-            .status(None, self.now().timestamp_millis())
-            .await
-        {
+        if let Ok(report) = self.store.status(None, self.now().timestamp_millis()).await {
             for c in report.campaigns {
                 for (state, n) in c.jobs {
                     metrics::gauge!(m::JOBS, "campaign" => c.name.clone(), "state" => state)
@@ -373,10 +361,10 @@ impl App {
 
     /// Refuses a second worker process on SQLite (SPEC section 7).
     pub async fn check_single_sqlite_worker(&self) -> anyhow::Result<()> {
-        if self.control().backend() == Backend::Sqlite {
+        if self.store.backend() == Backend::Sqlite {
             let lease = self.settings.worker.lease.get().as_millis() as i64;
             let live = self
-                .control()
+                .store
                 .live_workers(self.now().timestamp_millis() - lease)
                 .await?;
             if let Some(other) = live.into_iter().find(|w| *w != self.worker_id) {
