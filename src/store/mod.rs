@@ -389,7 +389,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<bool>;
     /// `update_job` for several jobs in one transaction (one commit): the batched
-    /// acknowledgement of the claim loop. Results in the order given.
+    /// acknowledgement (the queue-alone reference of the load run uses it). Results in
+    /// the order given.
     async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>>;
     /// `mark_sending` for several jobs of `owner` in one transaction.
     async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>>;

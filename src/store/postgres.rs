@@ -298,36 +298,9 @@ async fn import_staged(
         .rows_affected())
 }
 
-/// Locks job rows in id order before a batch changes them. Every batch that
-/// changes several jobs (and the heartbeat) takes job rows in this one order, so
-/// two of them never wait on each other in a cycle (PostgreSQL would abort one
-/// with "deadlock detected"); a batch's rows would otherwise lock in whatever
-/// order the join happens to produce.
-async fn lock_jobs(
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-    ids: impl Iterator<Item = i64>,
-) -> Result<()> {
-    let ids: Vec<i64> = ids.collect();
-    // NO KEY UPDATE: the strength an UPDATE of a job takes anyway (a stronger lock
-    // would also wait on the key-share locks of attempts' foreign-key checks).
-    sqlx::query("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-        .bind(&ids)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 fn has_repeats(ids: impl Iterator<Item = i64>) -> bool {
     let mut seen = std::collections::HashSet::new();
     ids.into_iter().any(|id| !seen.insert(id))
-}
-
-fn counter_code(c: CounterChange) -> i32 {
-    match c {
-        CounterChange::Keep => 0,
-        CounterChange::Increment => 1,
-        CounterChange::Reset => 2,
-    }
 }
 
 /// `Store::update_jobs` as three set-based statements for the whole batch (job ids
@@ -336,7 +309,8 @@ fn counter_code(c: CounterChange) -> i32 {
 /// toward the job's attempts, and the job part applies only where its guard holds.
 async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>> {
     let mut tx = begin_tx(pool).await?;
-    lock_jobs(&mut tx, writes.iter().map(|w| w.job_id)).await?;
+    let ids: Vec<i64> = writes.iter().map(|w| w.job_id).collect();
+    wsql::lock_batch(&mut tx, &ids).await?;
     let with_attempt: Vec<(&JobWrite, &AttemptUpdate)> = writes
         .iter()
         .filter_map(|w| w.update.attempt.as_ref().map(|a| (w, a)))
@@ -445,9 +419,9 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
     .bind(writes.iter().map(|w| w.update.reason_source).collect::<Vec<_>>())
     .bind(writes.iter().map(|w| w.update.last_code.as_deref()).collect::<Vec<_>>())
     .bind(writes.iter().map(|w| w.update.last_category.as_deref()).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| counter_code(w.update.provider_retries)).collect::<Vec<i32>>())
-    .bind(writes.iter().map(|w| counter_code(w.update.provider_requeues)).collect::<Vec<i32>>())
-    .bind(writes.iter().map(|w| counter_code(w.update.vendor_refusals)).collect::<Vec<i32>>())
+    .bind(writes.iter().map(|w| wsql::counter(w.update.provider_retries)).collect::<Vec<i32>>())
+    .bind(writes.iter().map(|w| wsql::counter(w.update.provider_requeues)).collect::<Vec<i32>>())
+    .bind(writes.iter().map(|w| wsql::counter(w.update.vendor_refusals)).collect::<Vec<i32>>())
     .bind(writes.iter().map(|w| w.update.clear_current_attempt).collect::<Vec<bool>>())
     .bind(writes.iter().map(|w| w.now_ms).collect::<Vec<i64>>())
     .fetch_all(&mut *tx)
@@ -461,7 +435,8 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
 /// `dialing` and its attempt counts a send only while `owner` holds the lease.
 async fn mark_sending_set(pool: &PgPool, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
     let mut tx = begin_tx(pool).await?;
-    lock_jobs(&mut tx, marks.iter().map(|m| m.job_id)).await?;
+    let ids: Vec<i64> = marks.iter().map(|m| m.job_id).collect();
+    wsql::lock_batch(&mut tx, &ids).await?;
     let held: Vec<i64> = sqlx::query_scalar(
         "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms)), \
          held AS (UPDATE jobs j SET status = 'dialing', updated_at_ms = u.now_ms FROM u \
@@ -601,7 +576,8 @@ async fn reserve_attempts_set(pool: &PgPool, reqs: &[ReserveRequest]) -> Result<
             let a = wsql::attempt_from_row(row)?;
             by_job.insert(a.job_id, a);
         }
-        lock_jobs(&mut tx, by_job.keys().copied()).await?;
+        let ids: Vec<i64> = by_job.keys().copied().collect();
+        wsql::lock_batch(&mut tx, &ids).await?;
         sqlx::query(
             "UPDATE jobs j SET current_attempt_id = u.attempt_id \
              FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, attempt_id) WHERE j.id = u.job_id",

@@ -9,7 +9,12 @@
 macro_rules! worker_sql {
     ($DB:ty, $Pool:ty, $Row:ty, $lock_number:expr, $for_update:expr) => {
         /// Locks the batch's job rows in id order (PostgreSQL; SQLite has one writer).
-        async fn lock_batch(conn: &mut <$DB as sqlx::Database>::Connection, ids: &[i64]) -> Result<()> {
+        /// Every batch that changes several jobs, and the heartbeat, takes job rows in
+        /// this one order, so two of them never wait on each other in a cycle
+        /// (PostgreSQL would abort one with "deadlock detected"). `FOR NO KEY UPDATE`
+        /// is the strength an UPDATE of a job takes anyway; a stronger lock would also
+        /// wait on the key-share locks of attempts' foreign-key checks.
+        pub(crate) async fn lock_batch(conn: &mut <$DB as sqlx::Database>::Connection, ids: &[i64]) -> Result<()> {
             let for_update: &str = $for_update;
             if for_update.is_empty() || ids.is_empty() {
                 return Ok(());
@@ -398,7 +403,7 @@ macro_rules! worker_sql {
             Ok(true)
         }
 
-        fn counter(c: CounterChange) -> i32 {
+        pub(crate) fn counter(c: CounterChange) -> i32 {
             match c {
                 CounterChange::Keep => 0,
                 CounterChange::Increment => 1,
