@@ -78,9 +78,10 @@ fn copy_i64(out: &mut Vec<u8>, v: i64) {
 }
 
 /// One row in COPY binary format: the eight contact fields, with `campaign_id`
-/// before them and `due_at_ms`, `updated_at_ms` after when `job` is given.
+/// before them and `due_at_ms`, `updated_at_ms` and `fresh` (true) after when `job`
+/// is given.
 fn copy_contact(out: &mut Vec<u8>, r: &ContactRecord, job: Option<(i64, i64)>) {
-    let fields: i16 = if job.is_some() { 11 } else { 8 };
+    let fields: i16 = if job.is_some() { 12 } else { 8 };
     out.extend_from_slice(&fields.to_be_bytes());
     if let Some((campaign_id, _)) = job {
         copy_i64(out, campaign_id);
@@ -100,13 +101,17 @@ fn copy_contact(out: &mut Vec<u8>, r: &ContactRecord, job: Option<(i64, i64)>) {
     if let Some((_, due_at_ms)) = job {
         copy_i64(out, due_at_ms);
         copy_i64(out, due_at_ms);
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.push(1);
     }
 }
 
+const JOB_ID_NEXTVAL: &str = "SELECT nextval(pg_get_serial_sequence('jobs', 'id'))";
+const JOB_ID_CURRVAL: &str = "SELECT currval(pg_get_serial_sequence('jobs', 'id'))";
 const STAGE_COPY: &str = "COPY import_contacts (phone, external_id, timezone, state, postal_code, \
      first_name, last_name, attributes) FROM STDIN WITH (FORMAT binary)";
 const JOBS_COPY: &str = "COPY jobs (campaign_id, phone, external_id, timezone, state, postal_code, \
-     first_name, last_name, attributes, due_at_ms, updated_at_ms) FROM STDIN WITH (FORMAT binary)";
+     first_name, last_name, attributes, due_at_ms, updated_at_ms, fresh) FROM STDIN WITH (FORMAT binary)";
 /// Staged rows into `jobs`, first occurrence of each number in file order, skipping
 /// numbers the campaign already has (`ON CONFLICT DO NOTHING` also skips repeats
 /// within the statement, keeping the first in `ctid` order).
@@ -134,13 +139,20 @@ fn fnv1a(s: &str) -> u64 {
 /// seen before and goes to COPY; a row whose bit is set (a repeat, or a hash
 /// collision) is held aside and inserted through the de-duplicating statement, in
 /// file order. The caller holds the campaign's import lock, so no other import adds
-/// numbers meanwhile.
+/// numbers meanwhile. The COPYed rows are `fresh` (no claim-index entry: see
+/// migration `20261126000002`), and their id range is recorded in `fresh_jobs`.
 async fn import_direct(
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     campaign_id: i64,
     due_at_ms: i64,
     mut rx: mpsc::Receiver<Vec<ContactRecord>>,
 ) -> Result<u64> {
+    // Every id this session draws from the job sequence from here on is above
+    // `before` (a sequence only grows; ids cached by other sessions belong to other
+    // campaigns' rows, which the fresh claim filters out).
+    let before: i64 = sqlx::query_scalar(JOB_ID_NEXTVAL)
+        .fetch_one(&mut **tx)
+        .await?;
     let mut d = Direct {
         job: (campaign_id, due_at_ms),
         seen: vec![0u64; SEEN_BITS / 64],
@@ -156,6 +168,20 @@ async fn import_direct(
         }
         d.loaded += insert_side(tx, campaign_id, due_at_ms, &mut d.side).await?;
         if let Segment::End = segment {
+            let last: i64 = sqlx::query_scalar(JOB_ID_CURRVAL)
+                .fetch_one(&mut **tx)
+                .await?;
+            if d.loaded > 0 {
+                sqlx::query(
+                    "INSERT INTO fresh_jobs (campaign_id, next_id, last_id, due_at_ms) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(campaign_id)
+                .bind(before + 1)
+                .bind(last)
+                .bind(due_at_ms)
+                .execute(&mut **tx)
+                .await?;
+            }
             return Ok(d.loaded);
         }
     }
@@ -223,6 +249,58 @@ impl Direct {
         copy.finish().await?;
         Ok(segment)
     }
+}
+
+/// The columns of a claimed job, as both claim statements return them.
+const CLAIMED_COLUMNS: &str = "jobs.id, jobs.campaign_id, jobs.phone, jobs.timezone, jobs.state, \
+     jobs.postal_code, jobs.attempts, jobs.provider_retries, jobs.provider_requeues, jobs.vendor_refusals, \
+     jobs.current_attempt_id";
+
+/// Claims fresh jobs (never claimed, loaded by the fast import path, not in the claim
+/// index) of one campaign, in id order from its `fresh_jobs` cursor. The cursor row
+/// is locked for the statement's transaction, so claimers of one campaign's fresh
+/// jobs take turns, and the jobs under it are locked without SKIP LOCKED: the
+/// cursor only ever moves past a job that this statement claims or that is no
+/// longer fresh, so no job is passed over. If the statement fails or the process
+/// dies, the cursor move rolls back with the claim.
+async fn claim_fresh(
+    pool: &PgPool,
+    owner: &str,
+    limit: u32,
+    now_ms: i64,
+    lease_ms: i64,
+    only_campaign: Option<i64>,
+) -> Result<Vec<sqlx::postgres::PgRow>> {
+    let campaign_filter = match only_campaign {
+        Some(_) => "f.campaign_id = $5 AND NOT c.operator_paused",
+        None => "NOT c.operator_paused AND c.auto_pause_reason IS NULL AND $5::bigint IS NULL",
+    };
+    let sql = format!(
+        "WITH cur AS ( \
+           SELECT f.campaign_id, f.next_id, f.last_id FROM fresh_jobs f JOIN campaigns c ON c.id = f.campaign_id \
+           WHERE f.next_id <= f.last_id AND f.due_at_ms <= $1 AND {campaign_filter} \
+           ORDER BY f.due_at_ms, f.campaign_id LIMIT 1 FOR UPDATE OF f), \
+         picked AS ( \
+           SELECT j.id FROM jobs j JOIN cur ON j.campaign_id = cur.campaign_id \
+           WHERE j.id BETWEEN cur.next_id AND cur.last_id AND j.fresh AND j.status = 'queued' \
+           ORDER BY j.id LIMIT $2 FOR UPDATE OF j), \
+         moved AS ( \
+           UPDATE fresh_jobs f SET next_id = CASE WHEN (SELECT count(*) FROM picked) < $2 THEN cur.last_id + 1 \
+             ELSE (SELECT max(id) FROM picked) + 1 END \
+           FROM cur WHERE f.campaign_id = cur.campaign_id) \
+         UPDATE jobs SET status = 'running', fresh = FALSE, lease_owner = $3, \
+           lease_expires_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $4, updated_at_ms = $1 \
+         FROM picked WHERE jobs.id = picked.id \
+         RETURNING {CLAIMED_COLUMNS}"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(now_ms)
+        .bind(limit as i64)
+        .bind(owner)
+        .bind(lease_ms)
+        .bind(only_campaign)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Inserts the held rows through the staging table, de-duplicated, in file order.
@@ -668,15 +746,14 @@ super::impl_store!(PgStore, Backend::Postgres, {
         let sql = format!(
             "WITH picked AS ( \
                SELECT j.id FROM jobs j JOIN campaigns c ON c.id = j.campaign_id \
-               WHERE j.status = 'queued' AND j.due_at_ms <= $1 AND {campaign_filter} \
+               WHERE j.status = 'queued' AND NOT j.fresh AND j.due_at_ms <= $1 AND {campaign_filter} \
                ORDER BY j.due_at_ms, j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED) \
              UPDATE jobs SET status = 'running', lease_owner = $3, \
                lease_expires_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $4, updated_at_ms = $1 \
              FROM picked WHERE jobs.id = picked.id \
-             RETURNING jobs.id, jobs.campaign_id, jobs.phone, jobs.timezone, jobs.state, jobs.postal_code, jobs.attempts, \
-               jobs.provider_retries, jobs.provider_requeues, jobs.vendor_refusals, jobs.current_attempt_id"
+             RETURNING {CLAIMED_COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
+        let mut rows = sqlx::query(&sql)
             .bind(now_ms)
             .bind(limit as i64)
             .bind(owner)
@@ -684,6 +761,19 @@ super::impl_store!(PgStore, Backend::Postgres, {
             .bind(only_campaign)
             .fetch_all(&self.pool)
             .await?;
+        if (rows.len() as u32) < limit {
+            rows.extend(
+                claim_fresh(
+                    &self.pool,
+                    owner,
+                    limit - rows.len() as u32,
+                    now_ms,
+                    lease_ms,
+                    only_campaign,
+                )
+                .await?,
+            );
+        }
         wsql::jobs_with_attempts(&self.pool, &rows).await
     }
 

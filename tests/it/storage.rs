@@ -288,3 +288,77 @@ both_backends! {
         assert_eq!((st.campaigns[0].jobs["done"], st.campaigns[0].jobs["dropped"], st.campaigns[0].jobs["dialing"]), (1, 1, 1));
     }
 }
+
+both_backends! {
+    /// The claim path for a campaign's first import (on PostgreSQL: fresh jobs taken in
+    /// id order from the import's id range, not through the claim index) and for every
+    /// later job (the claim index): concurrent claimers take every due job exactly once,
+    /// a paused campaign's jobs wait until it resumes, jobs of a later import and a
+    /// requeued job are claimed again.
+    async fn concurrent_claimers_take_each_imported_job_once_and_skip_paused_campaigns(db) {
+        use dialer::store::{Guard, JobUpdate, JobWrite};
+        use std::collections::{BTreeSet, HashMap};
+        let a = campaign(&db.store).await;
+        let spec = CampaignSpec::parse(&CAMPAIGN.replace("renewals-2026", "winback")).unwrap();
+        let b = db.store.apply_campaign(&spec, NOW).await.unwrap().0.id;
+        let file = |first: u64, n: u64| {
+            let mut csv = String::from("phone\n");
+            for i in first..first + n {
+                csv.push_str(&format!("312{:07}\n", 2_340_000 + i));
+            }
+            write_file("c.csv", csv.as_bytes())
+        };
+        let (_da, pa) = file(0, 5_000);
+        let (_db, pb) = file(10_000, 300);
+        import::import_contacts(&db.store, a, NOW, &pa, Box::new(NoProgress)).await.unwrap();
+        import::import_contacts(&db.store, b, NOW, &pb, Box::new(NoProgress)).await.unwrap();
+        assert!(db.store.set_operator_pause("winback", true, NOW).await.unwrap());
+
+        let drain = |store: DynStore| async move {
+            let mut claimers = Vec::new();
+            for w in 0..4 {
+                let store = store.clone();
+                claimers.push(tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let jobs = store.claim(&format!("w{w}"), 97, NOW, 60_000, None).await.unwrap();
+                        if jobs.is_empty() {
+                            return got;
+                        }
+                        got.extend(jobs.into_iter().map(|j| (j.id, j.campaign_id, format!("w{w}"))));
+                    }
+                }));
+            }
+            let mut all = Vec::new();
+            for c in claimers {
+                all.extend(c.await.unwrap());
+            }
+            all
+        };
+        let first = drain(db.store.clone()).await;
+        assert_eq!(first.len(), 5_000, "every job of the unpaused campaign, once");
+        assert_eq!(first.iter().map(|j| j.0).collect::<BTreeSet<_>>().len(), 5_000, "a job claimed twice");
+        assert!(first.iter().all(|j| j.1 == a), "a paused campaign's job was claimed");
+
+        // A requeued job is due again; a later import's jobs are claimable too.
+        let owner: HashMap<i64, String> = first.iter().map(|j| (j.0, j.2.clone())).collect();
+        let requeued = first[1234].0;
+        let write = JobWrite {
+            job_id: requeued,
+            guard: Guard::Lease(owner[&requeued].clone()),
+            update: JobUpdate { status: "queued", due_at_ms: Some(NOW + 1), ..Default::default() },
+            now_ms: NOW,
+        };
+        assert_eq!(db.store.update_jobs(&[write]).await.unwrap(), [true]);
+        let (_dc, pc) = file(20_000, 50);
+        import::import_contacts(&db.store, a, NOW, &pc, Box::new(NoProgress)).await.unwrap();
+        assert!(db.store.set_operator_pause("winback", false, NOW).await.unwrap());
+        let second = drain(db.store.clone()).await;
+        let ids: BTreeSet<i64> = second.iter().map(|j| j.0).collect();
+        assert_eq!((second.len(), ids.len()), (350, 350), "the resumed campaign and the later import, once each");
+        assert_eq!(second.iter().filter(|j| j.1 == b).count(), 300);
+        assert!(!ids.contains(&requeued), "claimed before its due time");
+        let third = db.store.claim("w9", 10, NOW + 1, 60_000, None).await.unwrap();
+        assert_eq!(third.iter().map(|j| j.id).collect::<Vec<_>>(), [requeued]);
+    }
+}
