@@ -108,10 +108,6 @@ macro_rules! impl_store {
                 wsql::release(&self.pool, job_id, owner, now_ms).await
             }
 
-            async fn mark_sending(&self, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
-                wsql::mark_sending(&self.pool, job_id, attempt_id, owner, now_ms).await
-            }
-
             async fn update_job(
                 &self,
                 job_id: i64,

@@ -512,10 +512,7 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
 /// `Store::mark_sending_many` as one statement (job ids distinct): each job moves to
 /// `dialing` and its attempt counts a send only while `owner` holds the lease.
 async fn mark_sending_set(pool: &PgPool, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
-    let mut tx = begin_tx(pool).await?;
-    let ids: Vec<i64> = marks.iter().map(|m| m.job_id).collect();
-    wsql::lock_batch(&mut tx, &ids).await?;
-    let held: Vec<i64> = sqlx::query_scalar(
+    let q = sqlx::query_scalar(
         "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms)), \
          held AS (UPDATE jobs j SET status = 'dialing', updated_at_ms = u.now_ms FROM u \
            WHERE j.id = u.job_id AND j.lease_owner = $4 AND j.status IN ('running', 'dialing') RETURNING j.id), \
@@ -527,10 +524,19 @@ async fn mark_sending_set(pool: &PgPool, marks: &[SendMark], owner: &str) -> Res
     .bind(marks.iter().map(|m| m.job_id).collect::<Vec<i64>>())
     .bind(marks.iter().map(|m| m.attempt_id).collect::<Vec<i64>>())
     .bind(marks.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
-    .bind(owner)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    .bind(owner);
+    let held: Vec<i64> = if marks.len() == 1 {
+        // One job (the per-job worker's path): the statement alone is atomic and one
+        // row needs no lock order, so one round trip instead of five.
+        q.fetch_all(pool).await?
+    } else {
+        let mut tx = begin_tx(pool).await?;
+        let ids: Vec<i64> = marks.iter().map(|m| m.job_id).collect();
+        wsql::lock_batch(&mut tx, &ids).await?;
+        let held = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        held
+    };
     let held: std::collections::HashSet<i64> = held.into_iter().collect();
     Ok(marks.iter().map(|m| held.contains(&m.job_id)).collect())
 }
@@ -682,6 +688,21 @@ async fn reserve_attempts_set(pool: &PgPool, reqs: &[ReserveRequest]) -> Result<
 }
 
 super::impl_store!(PgStore, Backend::Postgres, {
+    async fn mark_sending(
+        &self,
+        job_id: i64,
+        attempt_id: i64,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mark = SendMark {
+            job_id,
+            attempt_id,
+            now_ms,
+        };
+        Ok(mark_sending_set(&self.pool, &[mark], owner).await?[0])
+    }
+
     async fn import_contacts(
         &self,
         campaign_id: i64,

@@ -33,6 +33,11 @@ macro_rules! worker_sql {
         use crate::store::Result;
         use sqlx::{QueryBuilder, Row};
 
+        const INBOX_INSERT: &str = "INSERT INTO webhook_inbox (event_id, call_id, received_at_ms, body) \
+            VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING";
+        const INBOX_MARK_APPLIED: &str =
+            "UPDATE webhook_inbox SET applied_at_ms = $2, result = $3 WHERE event_id = $1";
+
         pub(crate) const JOB_COLS: &str = "id, campaign_id, phone, timezone, state, postal_code, attempts, \
             provider_retries, provider_requeues, vendor_refusals, current_attempt_id";
         pub(crate) const ATTEMPT_COLS: &str = "id, job_id, campaign_id, phone, attempt_no, idempotency_key, \
@@ -348,10 +353,6 @@ macro_rules! worker_sql {
                 .execute(&mut *tx)
                 .await?;
             Ok(Reservation::Reserved(attempt))
-        }
-
-        pub(crate) async fn mark_sending(pool: &$Pool, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
-            Ok(mark_sending_many(pool, &[SendMark { job_id, attempt_id, now_ms }], owner).await?[0])
         }
 
         /// Several marks in one transaction (one commit); each applies only while
@@ -676,8 +677,17 @@ macro_rules! worker_sql {
             row.as_ref().map(attempt_from_row).transpose()
         }
 
+        /// One event: one statement, no explicit transaction (one round trip).
         pub(crate) async fn inbox_insert(pool: &$Pool, e: &InboxEvent, now_ms: i64) -> Result<bool> {
-            Ok(inbox_insert_many(pool, std::slice::from_ref(e), now_ms).await?[0])
+            Ok(sqlx::query(INBOX_INSERT)
+                .bind(&e.event_id)
+                .bind(&e.call_id)
+                .bind(now_ms)
+                .bind(&e.body)
+                .execute(pool)
+                .await?
+                .rows_affected()
+                == 1)
         }
 
         /// `inbox_insert` for several events in one transaction, in order (a repeat
@@ -687,10 +697,7 @@ macro_rules! worker_sql {
             let mut out = Vec::with_capacity(events.len());
             for e in events {
                 out.push(
-                    sqlx::query(
-                        "INSERT INTO webhook_inbox (event_id, call_id, received_at_ms, body) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (event_id) DO NOTHING",
-                    )
+                    sqlx::query(INBOX_INSERT)
                     .bind(&e.event_id)
                     .bind(&e.call_id)
                     .bind(now_ms)
@@ -709,7 +716,7 @@ macro_rules! worker_sql {
         pub(crate) async fn inbox_mark_applied_many(pool: &$Pool, marks: &[(String, String)], now_ms: i64) -> Result<()> {
             let mut tx = super::begin_tx(pool).await?;
             for (event_id, result) in marks {
-                sqlx::query("UPDATE webhook_inbox SET applied_at_ms = $2, result = $3 WHERE event_id = $1")
+                sqlx::query(INBOX_MARK_APPLIED)
                     .bind(event_id)
                     .bind(now_ms)
                     .bind(result)
@@ -731,8 +738,15 @@ macro_rules! worker_sql {
             Ok(rows.into_iter().map(|(event_id, call_id, body)| InboxEvent { event_id, call_id, body }).collect())
         }
 
+        /// One mark: one statement, no explicit transaction (one round trip).
         pub(crate) async fn inbox_mark_applied(pool: &$Pool, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
-            inbox_mark_applied_many(pool, &[(event_id.to_owned(), result.to_owned())], now_ms).await
+            sqlx::query(INBOX_MARK_APPLIED)
+                .bind(event_id)
+                .bind(now_ms)
+                .bind(result)
+                .execute(pool)
+                .await?;
+            Ok(())
         }
 
         pub(crate) async fn unsettled_attempts(pool: &$Pool, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>> {

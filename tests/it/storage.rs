@@ -246,6 +246,12 @@ both_backends! {
             .map(|(j, a)| SendMark { job_id: j.id, attempt_id: a.id, now_ms: NOW }).collect();
         assert_eq!(db.store.mark_sending_many(&marks, "w2").await.unwrap(), [false, false, false]);
         assert_eq!(db.store.mark_sending_many(&marks, "w1").await.unwrap(), [true, true, true]);
+        // The single mark (the per-job worker's, one statement on PostgreSQL) keeps
+        // the same rule: only under the caller's lease, and then the send counts.
+        assert!(!db.store.mark_sending(jobs[2].id, attempts[2].id, "w2", NOW).await.unwrap());
+        assert!(db.store.mark_sending(jobs[2].id, attempts[2].id, "w1", NOW).await.unwrap());
+        assert_eq!(db.store.attempt(attempts[2].id).await.unwrap().unwrap().sends, 2, "one send per held mark");
+        assert_eq!(db.store.attempt(attempts[1].id).await.unwrap().unwrap().sends, 1);
 
         let placed = |a: &dialer::store::AttemptRow, call: &str| AttemptUpdate {
             id: a.id, placement: Some(Placement::Placed), call_id: Some(call.into()),
