@@ -108,6 +108,13 @@ macro_rules! impl_store {
                 wsql::release(&self.pool, job_id, owner, now_ms).await
             }
 
+            /// One mark is a batch of one: each backend's `mark_sending_many` takes
+            /// its cheapest path for it (on PostgreSQL a single statement).
+            async fn mark_sending(&self, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
+                let mark = SendMark { job_id, attempt_id, now_ms };
+                Ok(self.mark_sending_many(&[mark], owner).await?[0])
+            }
+
             async fn update_job(
                 &self,
                 job_id: i64,

@@ -251,6 +251,18 @@ impl Direct {
     }
 }
 
+/// The campaigns (`c`) whose jobs a claim may take, for both claim statements: with
+/// `only_campaign` ($5, a probe) that campaign unless the operator paused it; else
+/// every campaign with no pause of either kind. `t` is the alias whose
+/// `campaign_id` is matched.
+fn claimable_campaigns(t: &str, only_campaign: Option<i64>) -> String {
+    match only_campaign {
+        Some(_) => format!("{t}.campaign_id = $5 AND NOT c.operator_paused"),
+        None => "NOT c.operator_paused AND c.auto_pause_reason IS NULL AND $5::bigint IS NULL"
+            .to_owned(),
+    }
+}
+
 /// The columns of a claimed job, as both claim statements return them.
 const CLAIMED_COLUMNS: &str = "jobs.id, jobs.campaign_id, jobs.phone, jobs.timezone, jobs.state, \
      jobs.postal_code, jobs.attempts, jobs.provider_retries, jobs.provider_requeues, jobs.vendor_refusals, \
@@ -271,10 +283,7 @@ async fn claim_fresh(
     lease_ms: i64,
     only_campaign: Option<i64>,
 ) -> Result<Vec<sqlx::postgres::PgRow>> {
-    let campaign_filter = match only_campaign {
-        Some(_) => "f.campaign_id = $5 AND NOT c.operator_paused",
-        None => "NOT c.operator_paused AND c.auto_pause_reason IS NULL AND $5::bigint IS NULL",
-    };
+    let campaign_filter = claimable_campaigns("f", only_campaign);
     let sql = format!(
         "WITH cur AS ( \
            SELECT f.campaign_id, f.next_id, f.last_id FROM fresh_jobs f JOIN campaigns c ON c.id = f.campaign_id \
@@ -688,21 +697,6 @@ async fn reserve_attempts_set(pool: &PgPool, reqs: &[ReserveRequest]) -> Result<
 }
 
 super::impl_store!(PgStore, Backend::Postgres, {
-    async fn mark_sending(
-        &self,
-        job_id: i64,
-        attempt_id: i64,
-        owner: &str,
-        now_ms: i64,
-    ) -> Result<bool> {
-        let mark = SendMark {
-            job_id,
-            attempt_id,
-            now_ms,
-        };
-        Ok(mark_sending_set(&self.pool, &[mark], owner).await?[0])
-    }
-
     async fn import_contacts(
         &self,
         campaign_id: i64,
@@ -760,10 +754,7 @@ super::impl_store!(PgStore, Backend::Postgres, {
     ) -> Result<Vec<ClaimedJob>> {
         // Lock due rows with SKIP LOCKED (concurrent workers take disjoint batches),
         // then lease them in one UPDATE. The lease runs on the database clock.
-        let campaign_filter = match only_campaign {
-            Some(_) => "j.campaign_id = $5 AND NOT c.operator_paused",
-            None => "NOT c.operator_paused AND c.auto_pause_reason IS NULL AND $5::bigint IS NULL",
-        };
+        let campaign_filter = claimable_campaigns("j", only_campaign);
         let sql = format!(
             "WITH picked AS ( \
                SELECT j.id FROM jobs j JOIN campaigns c ON c.id = j.campaign_id \

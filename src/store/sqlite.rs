@@ -69,21 +69,6 @@ impl SqliteStore {
 }
 
 super::impl_store!(SqliteStore, Backend::Sqlite, {
-    async fn mark_sending(
-        &self,
-        job_id: i64,
-        attempt_id: i64,
-        owner: &str,
-        now_ms: i64,
-    ) -> Result<bool> {
-        let mark = SendMark {
-            job_id,
-            attempt_id,
-            now_ms,
-        };
-        Ok(wsql::mark_sending_many(&self.pool, &[mark], owner).await?[0])
-    }
-
     async fn import_contacts(
         &self,
         campaign_id: i64,
