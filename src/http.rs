@@ -5,6 +5,7 @@ use crate::revdesk::signature;
 use crate::revdesk::wire::{PHONE_CALL_ENDED, WebhookEvent};
 use crate::store::InboxEvent;
 use crate::worker::app::App;
+use crate::worker::outcomes::WebhookResult;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -85,32 +86,26 @@ async fn webhook(
         call_id: event.data.id.clone(),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
-    match app
-        .store
-        .inbox_insert(&stored, app.now().timestamp_millis())
-        .await
-    {
-        Ok(false) => {
+    // Stored (group-committed with other deliveries), then applied; answered once
+    // the event is durable, so an acknowledged event is never lost.
+    match app.receive_webhook(stored, event.data).await {
+        Ok(WebhookResult::Duplicate) => {
             count(&event.kind, "duplicate");
-            return (StatusCode::OK, "duplicate\n");
+            (StatusCode::OK, "duplicate\n")
         }
-        Ok(true) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "webhook: cannot store the event");
-            count(&event.kind, "error");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
-        }
-    }
-    match app.apply_inbox_event(&stored).await {
-        Ok(result) => {
+        Ok(WebhookResult::Stored(result)) => {
             count(&event.kind, result);
             (StatusCode::OK, "ok\n")
         }
-        Err(e) => {
-            // Stored: it will be applied when the 202 is recorded or on a redelivery.
-            tracing::error!(error = %e, call_id = %event.data.id, "webhook: applying the outcome failed");
+        Ok(WebhookResult::StoredNotApplied) => {
+            // Stored: applied by the inbox sweeper or when its 202 is recorded.
             count(&event.kind, "error");
             (StatusCode::OK, "stored\n")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "webhook: cannot store the event");
+            count(&event.kind, "error");
+            (StatusCode::INTERNAL_SERVER_ERROR, "storage error\n")
         }
     }
 }

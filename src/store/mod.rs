@@ -82,9 +82,9 @@ macro_rules! impl_store {
                 wsql::register_worker(&self.pool, id, hostname, now_ms).await
             }
 
-            async fn heartbeat(&self, id: &str, lease_ms: i64, now_ms: i64) -> Result<()> {
+            async fn heartbeat(&self, id: &str, held: &[i64], lease_ms: i64, now_ms: i64) -> Result<()> {
                 let db_now = self.db_now_ms(now_ms).await?;
-                wsql::heartbeat(&self.pool, id, lease_ms, db_now).await
+                wsql::heartbeat(&self.pool, id, held, lease_ms, db_now).await
             }
 
             async fn live_workers(&self, since_ms: i64) -> Result<Vec<String>> {
@@ -108,11 +108,8 @@ macro_rules! impl_store {
                 wsql::release(&self.pool, job_id, owner, now_ms).await
             }
 
-            /// One mark is a batch of one: each backend's `mark_sending_many` takes
-            /// its cheapest path for it (on PostgreSQL a single statement).
             async fn mark_sending(&self, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
-                let mark = SendMark { job_id, attempt_id, now_ms };
-                Ok(self.mark_sending_many(&[mark], owner).await?[0])
+                wsql::mark_sending(&self.pool, job_id, attempt_id, owner, now_ms).await
             }
 
             async fn update_job(
@@ -132,14 +129,6 @@ macro_rules! impl_store {
 
             async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<()> {
                 wsql::insert_audit(&self.pool, rows).await
-            }
-
-            async fn inbox_insert_many(&self, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>> {
-                wsql::inbox_insert_many(&self.pool, events, now_ms).await
-            }
-
-            async fn inbox_mark_applied_many(&self, marks: &[(String, String)], now_ms: i64) -> Result<()> {
-                wsql::inbox_mark_applied_many(&self.pool, marks, now_ms).await
             }
 
             async fn requeue_dropped(&self, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
@@ -186,24 +175,12 @@ macro_rules! impl_store {
                 wsql::take_account_probe(&self.pool, account, now_ms, hold_ms).await
             }
 
-            async fn attempt_by_call_id(&self, call_id: &str) -> Result<Option<AttemptRow>> {
-                wsql::attempt_by_call_id(&self.pool, call_id).await
-            }
-
             async fn attempt(&self, id: i64) -> Result<Option<AttemptRow>> {
                 wsql::attempt(&self.pool, id).await
             }
 
-            async fn inbox_insert(&self, event: &InboxEvent, now_ms: i64) -> Result<bool> {
-                wsql::inbox_insert(&self.pool, event, now_ms).await
-            }
-
-            async fn inbox_pending(&self, call_id: &str) -> Result<Vec<InboxEvent>> {
-                wsql::inbox_pending(&self.pool, call_id).await
-            }
-
-            async fn inbox_mark_applied(&self, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
-                wsql::inbox_mark_applied(&self.pool, event_id, result, now_ms).await
+            async fn inbox_unapplied(&self, received_before_ms: i64, limit: u32) -> Result<Vec<InboxEvent>> {
+                wsql::inbox_unapplied(&self.pool, received_before_ms, limit).await
             }
 
             async fn unsettled_attempts(
@@ -212,17 +189,6 @@ macro_rules! impl_store {
                 limit: u32,
             ) -> Result<Vec<AttemptRow>> {
                 wsql::unsettled_attempts(&self.pool, placed_before_ms, limit).await
-            }
-
-            async fn record_outcome_only(
-                &self,
-                attempt_id: i64,
-                code: &str,
-                category: Option<&str>,
-                source: &str,
-                now_ms: i64,
-            ) -> Result<bool> {
-                wsql::record_outcome_only(&self.pool, attempt_id, code, category, source, now_ms).await
             }
 
             $($specific)*
@@ -336,8 +302,11 @@ pub trait Store: Send + Sync + 'static {
     // ---- workers ----
 
     async fn register_worker(&self, id: &str, hostname: &str, now_ms: i64) -> Result<()>;
-    /// Renews the worker's heartbeat and the leases of every job it holds.
-    async fn heartbeat(&self, id: &str, lease_ms: i64, now_ms: i64) -> Result<()>;
+    /// Renews the worker's heartbeat and the leases of the jobs it still holds
+    /// (`held`, the ids its tasks own): a job whose task ended without a decision or
+    /// a release (the database was down) is not renewed, so its lease expires and it
+    /// is recovered like a dead worker's.
+    async fn heartbeat(&self, id: &str, held: &[i64], lease_ms: i64, now_ms: i64) -> Result<()>;
     /// Workers whose heartbeat is newer than `since_ms` (this one included).
     async fn live_workers(&self, since_ms: i64) -> Result<Vec<String>>;
     async fn deregister_worker(&self, id: &str) -> Result<()>;
@@ -361,17 +330,6 @@ pub trait Store: Send + Sync + 'static {
     async fn recover_expired_leases(&self, now_ms: i64) -> Result<u64>;
     /// Gives a claimed job back unchanged (shutdown, pause, halt).
     async fn release(&self, job_id: i64, owner: &str, now_ms: i64) -> Result<()>;
-    /// The frequency-cap check and the recording of the attempt, as one atomic step
-    /// (SPEC section 6): counts the number's calls in each cap window across all
-    /// campaigns and workers, and reserves the attempt only if every cap allows it.
-    async fn reserve_attempt(
-        &self,
-        job: &ClaimedJob,
-        key: &str,
-        body: &str,
-        caps: &[(u32, i64)],
-        now_ms: i64,
-    ) -> Result<Reservation>;
     /// Marks the job `dialing` and counts one more send of its attempt, before the
     /// request leaves (so a crash after this point is seen as ambiguous). False when
     /// this worker no longer holds the lease: it must not send.
@@ -395,11 +353,15 @@ pub trait Store: Send + Sync + 'static {
     /// acknowledgement (the queue-alone reference of the load run uses it). Results in
     /// the order given.
     async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>>;
-    /// `mark_sending` for several jobs of `owner` in one transaction.
-    async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>>;
-    /// `reserve_attempt` for several jobs in one transaction: each reservation is
-    /// still checked against every cap atomically (numbers locked in one order).
-    async fn reserve_attempts(&self, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>>;
+    /// Records a group of claimed jobs before any of them is dialed (see
+    /// [`Dispatch`]), in one transaction: the verdicts, the decisions of blocked
+    /// jobs and the sends stand together or not at all. Each new attempt is checked
+    /// against every cap and recorded atomically with it (numbers locked in one
+    /// order, SPEC section 6), across all campaigns and workers, and each send is
+    /// counted and its job moved to `dialing` before the request leaves (so a crash
+    /// after this point is seen as ambiguous); only for jobs whose lease `owner`
+    /// still holds. Job ids must be distinct.
+    async fn dispatch(&self, d: &Dispatch) -> Result<DispatchResult>;
     async fn job(&self, job_id: i64) -> Result<Option<ClaimedJob>>;
     async fn insert_audit(&self, rows: &[AuditRecord]) -> Result<()>;
     /// `dialer campaign requeue NAME --reason R`: dropped jobs back to the queue.
@@ -435,31 +397,31 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- outcomes ----
 
-    async fn attempt_by_call_id(&self, call_id: &str) -> Result<Option<AttemptRow>>;
     async fn attempt(&self, id: i64) -> Result<Option<AttemptRow>>;
-    /// Keeps a webhook event; false when its id was seen before.
-    async fn inbox_insert(&self, event: &InboxEvent, now_ms: i64) -> Result<bool>;
-    /// `inbox_insert` for several events in one transaction (group commit).
+    /// Keeps webhook events (one statement or transaction for the batch); for each,
+    /// false when its id was seen before (or earlier in the same batch).
     async fn inbox_insert_many(&self, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>>;
-    /// `inbox_mark_applied` for several `(event id, result)` in one transaction.
-    async fn inbox_mark_applied_many(&self, marks: &[(String, String)], now_ms: i64) -> Result<()>;
-    async fn inbox_pending(&self, call_id: &str) -> Result<Vec<InboxEvent>>;
-    async fn inbox_mark_applied(&self, event_id: &str, result: &str, now_ms: i64) -> Result<()>;
-    /// Placed attempts with no outcome since `placed_before_ms` (reconciliation).
+    /// Unapplied stored events of these calls (their 202s were just recorded).
+    async fn inbox_pending_many(&self, call_ids: &[String]) -> Result<Vec<InboxEvent>>;
+    /// Unapplied events received before `received_before_ms` whose call's 202 is
+    /// recorded: the sweeper applies them (an apply that failed after the event was
+    /// stored, or an event that raced its 202).
+    async fn inbox_unapplied(&self, received_before_ms: i64, limit: u32)
+    -> Result<Vec<InboxEvent>>;
+    /// The attempts of these call ids, with where their jobs stand.
+    async fn outcome_targets(&self, call_ids: &[String]) -> Result<Vec<OutcomeTarget>>;
+    /// Applies outcomes in one transaction (see [`OutcomeBatch`]); returns which
+    /// job writes applied.
+    async fn apply_outcomes(&self, batch: &OutcomeBatch) -> Result<Vec<bool>>;
+    /// The current attempts of jobs still awaiting an outcome, placed at or before
+    /// `placed_before_ms` (reconciliation). Keyed on the job, not on the attempt's
+    /// outcome columns: an outcome recorded while the job was not awaiting it (lease
+    /// lost after the 202) must not leave the job waiting for good.
     async fn unsettled_attempts(
         &self,
         placed_before_ms: i64,
         limit: u32,
     ) -> Result<Vec<AttemptRow>>;
-    /// Records an outcome on an attempt whose job is already final (changes nothing else).
-    async fn record_outcome_only(
-        &self,
-        attempt_id: i64,
-        code: &str,
-        category: Option<&str>,
-        source: &str,
-        now_ms: i64,
-    ) -> Result<bool>;
 }
 
 /// Epoch milliseconds to RFC 3339 (UTC), for output.

@@ -253,11 +253,11 @@ impl Direct {
 
 /// The campaigns (`c`) whose jobs a claim may take, for both claim statements: with
 /// `only_campaign` ($5, a probe) that campaign unless the operator paused it; else
-/// every campaign with no pause of either kind. `t` is the alias whose
-/// `campaign_id` is matched.
-fn claimable_campaigns(t: &str, only_campaign: Option<i64>) -> String {
+/// every campaign with no pause of either kind. `id` is the campaign id expression
+/// matched against $5.
+fn claimable_campaigns(id: &str, only_campaign: Option<i64>) -> String {
     match only_campaign {
-        Some(_) => format!("{t}.campaign_id = $5 AND NOT c.operator_paused"),
+        Some(_) => format!("{id} = $5 AND NOT c.operator_paused"),
         None => "NOT c.operator_paused AND c.auto_pause_reason IS NULL AND $5::bigint IS NULL"
             .to_owned(),
     }
@@ -268,13 +268,25 @@ const CLAIMED_COLUMNS: &str = "jobs.id, jobs.campaign_id, jobs.phone, jobs.timez
      jobs.postal_code, jobs.attempts, jobs.provider_retries, jobs.provider_requeues, jobs.vendor_refusals, \
      jobs.current_attempt_id";
 
+/// How far past its cursor one fresh claim looks, in multiples of the claim's limit.
+/// The window keeps the plan independent of table statistics (a fresh import has
+/// none yet): without it the planner cannot tell how many ids lie between the cursor
+/// and the range's end, and may read and sort the whole remaining range for one
+/// batch (measured: 31 ms per claim of 200 on a 20,000-job import, 5 ms with it).
+/// The bounds come from scalar subqueries (so they are index conditions on the
+/// primary key) and the campaign is compared as `campaign_id + 0`, so only the
+/// window's range of the primary key is read, not every index entry of the campaign
+/// (whose cost grows with the campaign's size).
+const FRESH_WINDOW: i64 = 8;
+
 /// Claims fresh jobs (never claimed, loaded by the fast import path, not in the claim
-/// index) of one campaign, in id order from its `fresh_jobs` cursor. The cursor row
-/// is locked for the statement's transaction, so claimers of one campaign's fresh
-/// jobs take turns, and the jobs under it are locked without SKIP LOCKED: the
-/// cursor only ever moves past a job that this statement claims or that is no
-/// longer fresh, so no job is passed over. If the statement fails or the process
-/// dies, the cursor move rolls back with the claim.
+/// index) of one campaign, in id order from its `fresh_jobs` cursor, looking at most
+/// `FRESH_WINDOW * limit` ids past it. The cursor row is locked for the statement's
+/// transaction, so claimers of one campaign's fresh jobs take turns, and the jobs
+/// under it are locked without SKIP LOCKED: the cursor only ever moves past a job that
+/// this statement claims or that is no longer fresh (or past the window when fewer
+/// than `limit` were found in it), so no job is passed over. If the statement fails
+/// or the process dies, the cursor move rolls back with the claim.
 async fn claim_fresh(
     pool: &PgPool,
     owner: &str,
@@ -283,23 +295,25 @@ async fn claim_fresh(
     lease_ms: i64,
     only_campaign: Option<i64>,
 ) -> Result<Vec<sqlx::postgres::PgRow>> {
-    let campaign_filter = claimable_campaigns("f", only_campaign);
+    let campaign_filter = claimable_campaigns("f.campaign_id", only_campaign);
     let sql = format!(
         "WITH cur AS ( \
-           SELECT f.campaign_id, f.next_id, f.last_id FROM fresh_jobs f JOIN campaigns c ON c.id = f.campaign_id \
+           SELECT f.campaign_id, f.next_id, LEAST(f.last_id, f.next_id + $6 - 1) AS window_end \
+           FROM fresh_jobs f JOIN campaigns c ON c.id = f.campaign_id \
            WHERE f.next_id <= f.last_id AND f.due_at_ms <= $1 AND {campaign_filter} \
            ORDER BY f.due_at_ms, f.campaign_id LIMIT 1 FOR UPDATE OF f), \
          picked AS ( \
-           SELECT j.id FROM jobs j JOIN cur ON j.campaign_id = cur.campaign_id \
-           WHERE j.id BETWEEN cur.next_id AND cur.last_id AND j.fresh AND j.status = 'queued' \
+           SELECT j.id FROM jobs j \
+           WHERE j.id BETWEEN (SELECT next_id FROM cur) AND (SELECT window_end FROM cur) \
+             AND j.campaign_id + 0 = (SELECT campaign_id FROM cur) AND j.fresh AND j.status = 'queued' \
            ORDER BY j.id LIMIT $2 FOR UPDATE OF j), \
          moved AS ( \
-           UPDATE fresh_jobs f SET next_id = CASE WHEN (SELECT count(*) FROM picked) < $2 THEN cur.last_id + 1 \
+           UPDATE fresh_jobs f SET next_id = CASE WHEN (SELECT count(*) FROM picked) < $2 THEN cur.window_end + 1 \
              ELSE (SELECT max(id) FROM picked) + 1 END \
            FROM cur WHERE f.campaign_id = cur.campaign_id) \
          UPDATE jobs SET status = 'running', fresh = FALSE, lease_owner = $3, \
            lease_expires_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $4, updated_at_ms = $1 \
-         FROM picked WHERE jobs.id = picked.id \
+         WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked)) \
          RETURNING {CLAIMED_COLUMNS}"
     );
     Ok(sqlx::query(&sql)
@@ -308,6 +322,7 @@ async fn claim_fresh(
         .bind(owner)
         .bind(lease_ms)
         .bind(only_campaign)
+        .bind(FRESH_WINDOW * limit as i64)
         .fetch_all(pool)
         .await?)
 }
@@ -397,12 +412,43 @@ fn has_repeats(ids: impl Iterator<Item = i64>) -> bool {
 async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>> {
     let mut tx = begin_tx(pool).await?;
     let ids: Vec<i64> = writes.iter().map(|w| w.job_id).collect();
-    wsql::lock_batch(&mut tx, &ids).await?;
+    lock_jobs(&mut tx, &ids).await?;
+    let applied = update_jobs_set_on(&mut tx, writes).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Locks job rows in id order (`FOR NO KEY UPDATE`), the one order every batch and
+/// the heartbeat take them in (no deadlock cycle); returns `(id, lease_owner,
+/// status)` of each.
+async fn lock_jobs(
+    tx: &mut sqlx::PgConnection,
+    ids: &[i64],
+) -> Result<Vec<(i64, Option<String>, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "SELECT id, lease_owner, status FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?)
+}
+
+/// `update_jobs_set` inside a transaction that already holds the job rows' locks.
+async fn update_jobs_set_on(tx: &mut sqlx::PgConnection, writes: &[JobWrite]) -> Result<Vec<bool>> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
     let with_attempt: Vec<(&JobWrite, &AttemptUpdate)> = writes
         .iter()
         .filter_map(|w| w.update.attempt.as_ref().map(|a| (w, a)))
         .collect();
-    if !with_attempt.is_empty() {
+    // The first time an attempt is (possibly) placed it counts once toward
+    // max_attempts (SPEC section 7), whether or not the job part applies: in the
+    // job's decision when it applies, else on its own below.
+    let counted: Vec<i64> = if !with_attempt.is_empty() {
         let counted: Vec<i64> = sqlx::query_scalar::<_, Option<i64>>(
             "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::text[], \
                $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[]) \
@@ -460,15 +506,10 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
         .into_iter()
         .flatten()
         .collect();
-        if !counted.is_empty() {
-            // The first time an attempt is (possibly) placed it counts once toward
-            // max_attempts (SPEC section 7), whether or not the job part applies.
-            sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = ANY($1)")
-                .bind(&counted)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
+        counted
+    } else {
+        Vec::new()
+    };
     let (owners, awaiting): (Vec<Option<&str>>, Vec<Option<i64>>) = writes
         .iter()
         .map(|w| match &w.guard {
@@ -483,6 +524,7 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
            AS u(job_id, owner, awaiting, status, due_at_ms, reason, reason_source, last_code, last_category, \
            retries, requeues, refusals, clear_attempt, now_ms)) \
          UPDATE jobs j SET status = u.status, due_at_ms = COALESCE(u.due_at_ms, j.due_at_ms), \
+           attempts = j.attempts + CASE WHEN j.id = ANY($15) THEN 1 ELSE 0 END, \
            reason = u.reason, reason_source = u.reason_source, \
            last_code = COALESCE(u.last_code, j.last_code), last_category = COALESCE(u.last_category, j.last_category), \
            provider_retries = CASE u.retries WHEN 0 THEN j.provider_retries WHEN 1 THEN j.provider_retries + 1 ELSE 0 END, \
@@ -511,157 +553,228 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
     .bind(writes.iter().map(|w| wsql::counter(w.update.vendor_refusals)).collect::<Vec<i32>>())
     .bind(writes.iter().map(|w| w.update.clear_current_attempt).collect::<Vec<bool>>())
     .bind(writes.iter().map(|w| w.now_ms).collect::<Vec<i64>>())
+    .bind(&counted)
     .fetch_all(&mut *tx)
     .await?;
-    tx.commit().await?;
     let applied: std::collections::HashSet<i64> = applied.into_iter().collect();
+    let unapplied: Vec<i64> = counted
+        .into_iter()
+        .filter(|id| !applied.contains(id))
+        .collect();
+    if !unapplied.is_empty() {
+        sqlx::query("UPDATE jobs SET attempts = attempts + 1 WHERE id = ANY($1)")
+            .bind(&unapplied)
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok(writes.iter().map(|w| applied.contains(&w.job_id)).collect())
 }
 
-/// `Store::mark_sending_many` as one statement (job ids distinct): each job moves to
-/// `dialing` and its attempt counts a send only while `owner` holds the lease.
-async fn mark_sending_set(pool: &PgPool, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
-    let q = sqlx::query_scalar(
-        "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms)), \
-         held AS (UPDATE jobs j SET status = 'dialing', updated_at_ms = u.now_ms FROM u \
-           WHERE j.id = u.job_id AND j.lease_owner = $4 AND j.status IN ('running', 'dialing') RETURNING j.id), \
-         sent AS (UPDATE attempts a SET sends = a.sends + 1, first_sent_at_ms = COALESCE(a.first_sent_at_ms, u.now_ms), \
-           last_sent_at_ms = u.now_ms FROM u WHERE a.id = u.attempt_id AND u.job_id IN (SELECT id FROM held) \
-           RETURNING a.id) \
-         SELECT id FROM held",
-    )
-    .bind(marks.iter().map(|m| m.job_id).collect::<Vec<i64>>())
-    .bind(marks.iter().map(|m| m.attempt_id).collect::<Vec<i64>>())
-    .bind(marks.iter().map(|m| m.now_ms).collect::<Vec<i64>>())
-    .bind(owner);
-    let held: Vec<i64> = if marks.len() == 1 {
-        // One job (the per-job worker's path): the statement alone is atomic and one
-        // row needs no lock order, so one round trip instead of five.
-        q.fetch_all(pool).await?
-    } else {
-        let mut tx = begin_tx(pool).await?;
-        let ids: Vec<i64> = marks.iter().map(|m| m.job_id).collect();
-        wsql::lock_batch(&mut tx, &ids).await?;
-        let held = q.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        held
-    };
-    let held: std::collections::HashSet<i64> = held.into_iter().collect();
-    Ok(marks.iter().map(|m| held.contains(&m.job_id)).collect())
-}
-
-/// `Store::reserve_attempts` with set-based statements (job ids distinct): the
-/// numbers' advisory locks in one statement, in number order (the order the
-/// per-job path uses too); the counted calls of every number in one query; the
-/// caps checked here in request order by number, each reservation counting for the
-/// next request of the same number; the attempts inserted and the jobs pointed at
-/// them in two statements. One transaction, so the check and the reservation stay
-/// atomic against every other worker (SPEC section 6).
-async fn reserve_attempts_set(pool: &PgPool, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
-    use std::collections::HashMap;
-    let mut tx = begin_tx(pool).await?;
-    let phones: Vec<&str> = reqs.iter().map(|r| r.job.phone.as_str()).collect();
+/// Audit rows in one statement (arrays, so one prepared statement for any count).
+async fn insert_audit_set(tx: &mut sqlx::PgConnection, rows: &[AuditRecord]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(p, 0)) FROM unnest($1::text[]) AS t(p) \
-         GROUP BY p ORDER BY p",
+        "INSERT INTO audit (job_id, campaign_id, phone, at_ms, stage, verdict, rule, reason, zones, states, \
+         local_times, next_allowed_ms) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[])",
     )
-    .bind(&phones)
+    .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.campaign_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.phone.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.at_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.stage).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.verdict.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.rule.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.zones.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.states.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.local_times.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.next_allowed_ms).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    let since = reqs
-        .iter()
-        .map(|r| r.now_ms - r.caps.iter().map(|c| c.1).max().unwrap_or(0))
-        .min()
-        .unwrap_or(0);
-    let mut counted: HashMap<String, Vec<i64>> = HashMap::new();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT phone, created_at_ms FROM attempts WHERE phone = ANY($1) AND placement <> 'not_placed' \
-         AND created_at_ms > $2 ORDER BY phone, created_at_ms",
-    )
-    .bind(&phones)
-    .bind(since)
-    .fetch_all(&mut *tx)
-    .await?;
-    for (phone, at) in rows {
-        counted.entry(phone).or_default().push(at);
-    }
-    let job_ids: Vec<i64> = reqs.iter().map(|r| r.job.id).collect();
-    let numbers: HashMap<i64, i64> = sqlx::query_as(
-        "SELECT job_id, COUNT(*) FROM attempts WHERE job_id = ANY($1) GROUP BY job_id",
-    )
-    .bind(&job_ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+    Ok(())
+}
 
-    let mut order: Vec<usize> = (0..reqs.len()).collect();
-    order.sort_by(|a, b| reqs[*a].job.phone.cmp(&reqs[*b].job.phone));
-    let mut out: Vec<Option<Reservation>> = vec![None; reqs.len()];
+/// `ATTEMPT_COLS` qualified with the alias `a`.
+fn attempt_cols_of_a() -> String {
+    wsql::ATTEMPT_COLS
+        .split(", ")
+        .map(|c| format!("a.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `Store::dispatch` with set-based statements, in one transaction (the semantics
+/// of `worker_sql::dispatch`, row for row): the advisory locks of the new attempts'
+/// numbers in one statement in number order; every job row locked in id order,
+/// which also tells whose lease still holds; the audit rows in one insert; the
+/// counted calls of every number in one query and the caps checked here in number
+/// order, each reservation counting for the next request of the same number; the
+/// attempts inserted already counted as sent, the resends counted, the sent jobs
+/// moved to `dialing`, and the decisions (those given and the cap requeues) applied
+/// set-based.
+async fn dispatch_set(pool: &PgPool, d: &Dispatch) -> Result<DispatchResult> {
+    use std::collections::{HashMap, HashSet};
+    let mut tx = begin_tx(pool).await?;
+    let new_phones: Vec<&str> = d
+        .sends
+        .iter()
+        .filter(|s| matches!(s.send, SendKind::New { .. }))
+        .map(|s| s.phone.as_str())
+        .collect();
+    if !new_phones.is_empty() {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(p, 0)) FROM unnest($1::text[]) AS t(p) \
+             GROUP BY p ORDER BY p",
+        )
+        .bind(&new_phones)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let ids: Vec<i64> = d
+        .writes
+        .iter()
+        .map(|w| w.job_id)
+        .chain(d.sends.iter().map(|s| s.job_id))
+        .collect();
+    let held: HashSet<i64> = lock_jobs(&mut tx, &ids)
+        .await?
+        .into_iter()
+        .filter(|(_, owner, status)| {
+            owner.as_deref() == Some(d.owner.as_str())
+                && (status == "running" || status == "dialing")
+        })
+        .map(|(id, _, _)| id)
+        .collect();
+    insert_audit_set(&mut tx, &d.audits).await?;
+
+    let since = d
+        .sends
+        .iter()
+        .filter_map(|s| match &s.send {
+            SendKind::New { caps, .. } => {
+                Some(s.now_ms - caps.iter().map(|c| c.1).max().unwrap_or(0))
+            }
+            SendKind::Resend { .. } => None,
+        })
+        .min();
+    let mut counted: HashMap<String, Vec<i64>> = HashMap::new();
+    if let Some(since) = since {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT phone, created_at_ms FROM attempts WHERE phone = ANY($1) AND placement <> 'not_placed' \
+             AND created_at_ms > $2 ORDER BY phone, created_at_ms",
+        )
+        .bind(&new_phones)
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (phone, at) in rows {
+            counted.entry(phone).or_default().push(at);
+        }
+    }
+
+    let mut sends = vec![Dispatched::LeaseLost; d.sends.len()];
+    let mut writes: Vec<JobWrite> = d.writes.clone();
     let mut insert: Vec<usize> = Vec::new();
+    let mut resend: Vec<usize> = Vec::new();
+    let mut order: Vec<usize> = (0..d.sends.len()).collect();
+    order.sort_by(|a, b| d.sends[*a].phone.cmp(&d.sends[*b].phone));
     for i in order {
-        let r = &reqs[i];
-        let longest = r.caps.iter().map(|c| c.1).max().unwrap_or(0);
-        let times = counted.entry(r.job.phone.clone()).or_default();
-        if longest > 0 {
-            let in_window: Vec<i64> = times
-                .iter()
-                .copied()
-                .filter(|t| *t > r.now_ms - longest)
-                .collect();
-            if let Some(retry_at_ms) = wsql::cap_retry_at(&in_window, &r.caps, r.now_ms) {
-                out[i] = Some(Reservation::CapReached { retry_at_ms });
-                continue;
+        let s = &d.sends[i];
+        if !held.contains(&s.job_id) {
+            continue;
+        }
+        match &s.send {
+            SendKind::Resend { .. } => resend.push(i),
+            SendKind::New {
+                caps,
+                requeue_jitter_ms,
+                ..
+            } => {
+                let longest = caps.iter().map(|c| c.1).max().unwrap_or(0);
+                let times = counted.entry(s.phone.clone()).or_default();
+                if longest > 0 {
+                    let in_window: Vec<i64> = times
+                        .iter()
+                        .copied()
+                        .filter(|t| *t > s.now_ms - longest)
+                        .collect();
+                    if let Some(retry_at_ms) = wsql::cap_retry_at(&in_window, caps, s.now_ms) {
+                        writes.push(JobWrite {
+                            job_id: s.job_id,
+                            guard: Guard::Lease(d.owner.clone()),
+                            update: JobUpdate::cap_requeue(retry_at_ms + requeue_jitter_ms),
+                            now_ms: s.now_ms,
+                        });
+                        sends[i] = Dispatched::CapReached { retry_at_ms };
+                        continue;
+                    }
+                }
+                // Recorded: it counts toward the caps of the dispatch's later sends.
+                times.push(s.now_ms);
+                times.sort_unstable();
+                insert.push(i);
             }
         }
-        // Reserved: it counts toward the caps of the batch's later requests.
-        times.push(r.now_ms);
-        times.sort_unstable();
-        insert.push(i);
     }
+
+    let mut sent: Vec<(usize, AttemptRow)> = Vec::with_capacity(insert.len() + resend.len());
     if !insert.is_empty() {
+        let new_fields = |i: &usize| match &d.sends[*i].send {
+            SendKind::New { key, body, .. } => (key.as_str(), body.as_str()),
+            SendKind::Resend { .. } => unreachable!("only new sends are inserted"),
+        };
         let sql = format!(
             "INSERT INTO attempts (job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, \
-             placement, created_at_ms) \
-             SELECT job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, 'reserved', created_at_ms \
-             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::bigint[]) \
-             AS u(job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, created_at_ms) \
+             placement, sends, created_at_ms, first_sent_at_ms, last_sent_at_ms) \
+             SELECT u.job_id, u.campaign_id, u.phone, \
+               (SELECT COUNT(*) FROM attempts x WHERE x.job_id = u.job_id) + 1, u.idempotency_key, u.request_body, \
+               'reserved', 1, u.now_ms, u.now_ms, u.now_ms \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[]) \
+             AS u(job_id, campaign_id, phone, idempotency_key, request_body, now_ms) \
              RETURNING {}",
             wsql::ATTEMPT_COLS
         );
         let rows = sqlx::query(&sql)
-            .bind(insert.iter().map(|i| reqs[*i].job.id).collect::<Vec<i64>>())
             .bind(
                 insert
                     .iter()
-                    .map(|i| reqs[*i].job.campaign_id)
+                    .map(|i| d.sends[*i].job_id)
                     .collect::<Vec<i64>>(),
             )
             .bind(
                 insert
                     .iter()
-                    .map(|i| reqs[*i].job.phone.as_str())
+                    .map(|i| d.sends[*i].campaign_id)
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                insert
+                    .iter()
+                    .map(|i| d.sends[*i].phone.as_str())
                     .collect::<Vec<&str>>(),
             )
             .bind(
                 insert
                     .iter()
-                    .map(|i| numbers.get(&reqs[*i].job.id).copied().unwrap_or(0) as i32 + 1)
-                    .collect::<Vec<i32>>(),
-            )
-            .bind(
-                insert
-                    .iter()
-                    .map(|i| reqs[*i].key.as_str())
+                    .map(|i| new_fields(i).0)
                     .collect::<Vec<&str>>(),
             )
             .bind(
                 insert
                     .iter()
-                    .map(|i| reqs[*i].body.as_str())
+                    .map(|i| new_fields(i).1)
                     .collect::<Vec<&str>>(),
             )
-            .bind(insert.iter().map(|i| reqs[*i].now_ms).collect::<Vec<i64>>())
+            .bind(
+                insert
+                    .iter()
+                    .map(|i| d.sends[*i].now_ms)
+                    .collect::<Vec<i64>>(),
+            )
             .fetch_all(&mut *tx)
             .await?;
         let mut by_job: HashMap<i64, AttemptRow> = HashMap::new();
@@ -669,30 +782,153 @@ async fn reserve_attempts_set(pool: &PgPool, reqs: &[ReserveRequest]) -> Result<
             let a = wsql::attempt_from_row(row)?;
             by_job.insert(a.job_id, a);
         }
-        let ids: Vec<i64> = by_job.keys().copied().collect();
-        wsql::lock_batch(&mut tx, &ids).await?;
-        sqlx::query(
-            "UPDATE jobs j SET current_attempt_id = u.attempt_id \
-             FROM unnest($1::bigint[], $2::bigint[]) AS u(job_id, attempt_id) WHERE j.id = u.job_id",
-        )
-        .bind(by_job.keys().copied().collect::<Vec<i64>>())
-        .bind(by_job.values().map(|a| a.id).collect::<Vec<i64>>())
-        .execute(&mut *tx)
-        .await?;
         for i in insert {
-            let a = by_job.remove(&reqs[i].job.id).ok_or_else(|| {
+            let a = by_job.remove(&d.sends[i].job_id).ok_or_else(|| {
                 super::StoreError::Invalid(format!(
-                    "no attempt reserved for job {}",
-                    reqs[i].job.id
+                    "no attempt recorded for job {}",
+                    d.sends[i].job_id
                 ))
             })?;
-            out[i] = Some(Reservation::Reserved(a));
+            sent.push((i, a));
         }
     }
+    if !resend.is_empty() {
+        let ids: Vec<i64> = resend
+            .iter()
+            .map(|i| match d.sends[*i].send {
+                SendKind::Resend { attempt_id } => attempt_id,
+                SendKind::New { .. } => unreachable!("only resends are counted here"),
+            })
+            .collect();
+        let sql = format!(
+            "UPDATE attempts a SET sends = a.sends + 1, first_sent_at_ms = COALESCE(a.first_sent_at_ms, u.now_ms), \
+             last_sent_at_ms = u.now_ms FROM unnest($1::bigint[], $2::bigint[]) AS u(id, now_ms) \
+             WHERE a.id = u.id RETURNING {}",
+            attempt_cols_of_a()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&ids)
+            .bind(
+                resend
+                    .iter()
+                    .map(|i| d.sends[*i].now_ms)
+                    .collect::<Vec<i64>>(),
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut by_id: HashMap<i64, AttemptRow> = HashMap::new();
+        for row in &rows {
+            let a = wsql::attempt_from_row(row)?;
+            by_id.insert(a.id, a);
+        }
+        for (i, id) in resend.into_iter().zip(ids) {
+            let a = by_id
+                .remove(&id)
+                .ok_or_else(|| super::StoreError::Invalid(format!("no attempt {id} to resend")))?;
+            sent.push((i, a));
+        }
+    }
+    if !sent.is_empty() {
+        sqlx::query(
+            "UPDATE jobs j SET status = 'dialing', current_attempt_id = u.attempt_id, updated_at_ms = u.now_ms \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms) \
+             WHERE j.id = u.job_id AND j.lease_owner = $4",
+        )
+        .bind(sent.iter().map(|(i, _)| d.sends[*i].job_id).collect::<Vec<i64>>())
+        .bind(sent.iter().map(|(_, a)| a.id).collect::<Vec<i64>>())
+        .bind(sent.iter().map(|(i, _)| d.sends[*i].now_ms).collect::<Vec<i64>>())
+        .bind(&d.owner)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let applied = update_jobs_set_on(&mut tx, &writes).await?;
     tx.commit().await?;
-    Ok(out
-        .into_iter()
-        .map(|r| r.expect("every request answered"))
+    for (i, a) in sent {
+        sends[i] = Dispatched::Sent(a);
+    }
+    Ok(DispatchResult {
+        writes: applied[..d.writes.len()].to_vec(),
+        sends,
+    })
+}
+
+/// `Store::outcome_targets` in one query.
+async fn outcome_targets_set(pool: &PgPool, call_ids: &[String]) -> Result<Vec<OutcomeTarget>> {
+    let sql = format!(
+        "SELECT {}, COALESCE(j.attempts, 0) AS job_attempts, \
+         COALESCE(j.status = 'awaiting_outcome' AND j.current_attempt_id = a.id, FALSE) AS awaiting \
+         FROM attempts a LEFT JOIN jobs j ON j.id = a.job_id WHERE a.call_id = ANY($1)",
+        attempt_cols_of_a()
+    );
+    let rows = sqlx::query(&sql).bind(call_ids).fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            use sqlx::Row;
+            Ok(OutcomeTarget {
+                attempt: wsql::attempt_from_row(r)?,
+                job_attempts: r.try_get("job_attempts")?,
+                awaiting: r.try_get("awaiting")?,
+            })
+        })
+        .collect()
+}
+
+/// `Store::apply_outcomes` in one transaction of set-based statements.
+async fn apply_outcomes_set(pool: &PgPool, b: &OutcomeBatch) -> Result<Vec<bool>> {
+    let mut tx = begin_tx(pool).await?;
+    let ids: Vec<i64> = b.writes.iter().map(|w| w.job_id).collect();
+    lock_jobs(&mut tx, &ids).await?;
+    let applied = update_jobs_set_on(&mut tx, &b.writes).await?;
+    if !b.recorded.is_empty() {
+        sqlx::query(
+            "UPDATE attempts a SET outcome_code = u.code, outcome_category = u.category, \
+             outcome_source = u.source, outcome_at_ms = $5 \
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) AS u(id, code, category, source) \
+             WHERE a.id = u.id AND a.outcome_code IS NULL",
+        )
+        .bind(b.recorded.iter().map(|a| a.id).collect::<Vec<i64>>())
+        .bind(b.recorded.iter().map(|a| a.outcome_code.as_deref()).collect::<Vec<_>>())
+        .bind(b.recorded.iter().map(|a| a.outcome_category.as_deref()).collect::<Vec<_>>())
+        .bind(b.recorded.iter().map(|a| a.outcome_source).collect::<Vec<_>>())
+        .bind(b.now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !b.marks.is_empty() {
+        sqlx::query(
+            "UPDATE webhook_inbox i SET applied_at_ms = $3, result = u.result \
+             FROM unnest($1::text[], $2::text[]) AS u(event_id, result) WHERE i.event_id = u.event_id",
+        )
+        .bind(b.marks.iter().map(|m| m.event_id.as_str()).collect::<Vec<_>>())
+        .bind(b.marks.iter().map(|m| m.label(&applied)).collect::<Vec<_>>())
+        .bind(b.now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// `Store::inbox_insert_many` in one statement: the first occurrence of each new
+/// event id in the batch is the one stored; every other is a duplicate.
+async fn inbox_insert_set(pool: &PgPool, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>> {
+    let stored: std::collections::HashSet<String> = sqlx::query_scalar(
+        "INSERT INTO webhook_inbox (event_id, call_id, received_at_ms, body) \
+         SELECT e, c, $3, b FROM unnest($1::text[], $2::text[], $4::text[]) WITH ORDINALITY AS u(e, c, b, n) \
+         ORDER BY n ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+    )
+    .bind(events.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.call_id.as_str()).collect::<Vec<_>>())
+    .bind(now_ms)
+    .bind(events.iter().map(|e| e.body.as_str()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let mut first = std::collections::HashSet::new();
+    Ok(events
+        .iter()
+        .map(|e| stored.contains(&e.event_id) && first.insert(e.event_id.as_str()))
         .collect())
 }
 
@@ -754,15 +990,20 @@ super::impl_store!(PgStore, Backend::Postgres, {
     ) -> Result<Vec<ClaimedJob>> {
         // Lock due rows with SKIP LOCKED (concurrent workers take disjoint batches),
         // then lease them in one UPDATE. The lease runs on the database clock.
-        let campaign_filter = claimable_campaigns("j", only_campaign);
+        // The campaigns are a filter (`campaign_id + 0 IN (...)`), so the claim index
+        // is read in due order and the scan stops at the limit; a join would let the
+        // planner read every index entry of the campaign instead (measured: 5.3 ms
+        // for an empty claim on a 20,000-job campaign, 0.8 ms as a filter).
+        let campaign_filter = claimable_campaigns("c.id", only_campaign);
         let sql = format!(
             "WITH picked AS ( \
-               SELECT j.id FROM jobs j JOIN campaigns c ON c.id = j.campaign_id \
-               WHERE j.status = 'queued' AND NOT j.fresh AND j.due_at_ms <= $1 AND {campaign_filter} \
+               SELECT j.id FROM jobs j \
+               WHERE j.status = 'queued' AND NOT j.fresh AND j.due_at_ms <= $1 \
+                 AND (j.campaign_id + 0) IN (SELECT c.id FROM campaigns c WHERE {campaign_filter}) \
                ORDER BY j.due_at_ms, j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED) \
              UPDATE jobs SET status = 'running', lease_owner = $3, \
                lease_expires_ms = (extract(epoch from clock_timestamp()) * 1000)::bigint + $4, updated_at_ms = $1 \
-             FROM picked WHERE jobs.id = picked.id \
+             WHERE jobs.id = ANY(ARRAY(SELECT id FROM picked)) \
              RETURNING {CLAIMED_COLUMNS}"
         );
         let mut rows = sqlx::query(&sql)
@@ -773,31 +1014,27 @@ super::impl_store!(PgStore, Backend::Postgres, {
             .bind(only_campaign)
             .fetch_all(&self.pool)
             .await?;
-        if (rows.len() as u32) < limit {
-            rows.extend(
-                claim_fresh(
-                    &self.pool,
-                    owner,
-                    limit - rows.len() as u32,
-                    now_ms,
-                    lease_ms,
-                    only_campaign,
-                )
-                .await?,
-            );
+        // Fresh jobs window by window, while each window yields some (an empty one
+        // ends this claim; the next claim goes on from past it).
+        for _ in 0..4 {
+            if rows.len() as u32 >= limit {
+                break;
+            }
+            let got = claim_fresh(
+                &self.pool,
+                owner,
+                limit - rows.len() as u32,
+                now_ms,
+                lease_ms,
+                only_campaign,
+            )
+            .await?;
+            if got.is_empty() {
+                break;
+            }
+            rows.extend(got);
         }
         wsql::jobs_with_attempts(&self.pool, &rows).await
-    }
-
-    async fn reserve_attempt(
-        &self,
-        job: &ClaimedJob,
-        key: &str,
-        body: &str,
-        caps: &[(u32, i64)],
-        now_ms: i64,
-    ) -> Result<Reservation> {
-        wsql::reserve_attempt(&self.pool, job, key, body, caps, now_ms).await
     }
 
     async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>> {
@@ -809,17 +1046,50 @@ super::impl_store!(PgStore, Backend::Postgres, {
         update_jobs_set(&self.pool, writes).await
     }
 
-    async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
-        if has_repeats(marks.iter().map(|m| m.job_id)) {
-            return wsql::mark_sending_many(&self.pool, marks, owner).await;
+    async fn dispatch(&self, d: &Dispatch) -> Result<DispatchResult> {
+        if has_repeats(
+            d.writes
+                .iter()
+                .map(|w| w.job_id)
+                .chain(d.sends.iter().map(|s| s.job_id)),
+        ) {
+            return Err(super::StoreError::Invalid(
+                "a job appears twice in one dispatch".into(),
+            ));
         }
-        mark_sending_set(&self.pool, marks, owner).await
+        dispatch_set(&self.pool, d).await
     }
 
-    async fn reserve_attempts(&self, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
-        if has_repeats(reqs.iter().map(|r| r.job.id)) {
-            return wsql::reserve_attempts(&self.pool, reqs).await;
+    async fn outcome_targets(&self, call_ids: &[String]) -> Result<Vec<OutcomeTarget>> {
+        outcome_targets_set(&self.pool, call_ids).await
+    }
+
+    async fn apply_outcomes(&self, batch: &OutcomeBatch) -> Result<Vec<bool>> {
+        if has_repeats(batch.writes.iter().map(|w| w.job_id)) {
+            return wsql::apply_outcomes(&self.pool, batch).await;
         }
-        reserve_attempts_set(&self.pool, reqs).await
+        apply_outcomes_set(&self.pool, batch).await
+    }
+
+    async fn inbox_insert_many(&self, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>> {
+        inbox_insert_set(&self.pool, events, now_ms).await
+    }
+
+    async fn inbox_pending_many(&self, call_ids: &[String]) -> Result<Vec<InboxEvent>> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT event_id, call_id, body FROM webhook_inbox WHERE call_id = ANY($1) AND applied_at_ms IS NULL \
+             ORDER BY received_at_ms",
+        )
+        .bind(call_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, call_id, body)| InboxEvent {
+                event_id,
+                call_id,
+                body,
+            })
+            .collect())
     }
 });

@@ -37,7 +37,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
-    reserve_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -52,10 +51,7 @@ impl SqliteStore {
             .max_connections(max_connections.max(1))
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore {
-            pool,
-            reserve_lock: Default::default(),
-        })
+        Ok(SqliteStore { pool })
     }
 
     /// One process: the process clock is the clock.
@@ -158,29 +154,29 @@ super::impl_store!(SqliteStore, Backend::Sqlite, {
         wsql::jobs_with_attempts(&self.pool, &rows).await
     }
 
-    async fn reserve_attempt(
-        &self,
-        job: &ClaimedJob,
-        key: &str,
-        body: &str,
-        caps: &[(u32, i64)],
-        now_ms: i64,
-    ) -> Result<Reservation> {
-        // One process serves SQLite: a mutex makes check-and-record atomic.
-        let _guard = self.reserve_lock.lock().await;
-        wsql::reserve_attempt(&self.pool, job, key, body, caps, now_ms).await
-    }
-
     async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>> {
         wsql::update_jobs(&self.pool, writes).await
     }
 
-    async fn mark_sending_many(&self, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
-        wsql::mark_sending_many(&self.pool, marks, owner).await
+    async fn dispatch(&self, d: &Dispatch) -> Result<DispatchResult> {
+        // `BEGIN IMMEDIATE` takes the single writer's lock for the whole dispatch, so
+        // the cap check and the reservation are one atomic step (SPEC section 6).
+        wsql::dispatch(&self.pool, d).await
     }
 
-    async fn reserve_attempts(&self, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
-        let _guard = self.reserve_lock.lock().await;
-        wsql::reserve_attempts(&self.pool, reqs).await
+    async fn outcome_targets(&self, call_ids: &[String]) -> Result<Vec<OutcomeTarget>> {
+        wsql::outcome_targets(&self.pool, call_ids).await
+    }
+
+    async fn apply_outcomes(&self, batch: &OutcomeBatch) -> Result<Vec<bool>> {
+        wsql::apply_outcomes(&self.pool, batch).await
+    }
+
+    async fn inbox_insert_many(&self, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>> {
+        wsql::inbox_insert_many(&self.pool, events, now_ms).await
+    }
+
+    async fn inbox_pending_many(&self, call_ids: &[String]) -> Result<Vec<InboxEvent>> {
+        wsql::inbox_pending_many(&self.pool, call_ids).await
     }
 });

@@ -222,16 +222,6 @@ pub struct AttemptRow {
     pub outcome_code: Option<String>,
 }
 
-/// The result of the atomic frequency-cap check and attempt reservation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reservation {
-    Reserved(AttemptRow),
-    /// The cap is reached: the earliest time a call may count again.
-    CapReached {
-        retry_at_ms: i64,
-    },
-}
-
 /// Which condition the job part of an update requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Guard {
@@ -329,20 +319,119 @@ pub struct JobWrite {
     pub now_ms: i64,
 }
 
-/// One "about to send" mark of a batch (`Store::mark_sending_many`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendMark {
+/// What is sent for one job of a dispatch (`Store::dispatch`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendKind {
+    /// A new attempt: checked against every cap and recorded, with its first send
+    /// counted, in one atomic step. When a cap is reached the job is requeued (rule
+    /// `frequency_cap`) to when the oldest counted call leaves the window, plus
+    /// `requeue_jitter_ms`.
+    New {
+        key: String,
+        body: String,
+        caps: Vec<(u32, i64)>,
+        requeue_jitter_ms: i64,
+    },
+    /// One more send of the job's unresolved attempt (same key, same stored body).
+    Resend { attempt_id: i64 },
+}
+
+/// One job of a dispatch about to be dialed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
     pub job_id: i64,
-    pub attempt_id: i64,
+    pub campaign_id: i64,
+    pub phone: String,
+    pub send: SendKind,
     pub now_ms: i64,
 }
 
-/// One reservation of a batch (`Store::reserve_attempts`).
+/// What a dispatch did with one [`SendRequest`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReserveRequest {
-    pub job: ClaimedJob,
-    pub key: String,
-    pub body: String,
-    pub caps: Vec<(u32, i64)>,
+pub enum Dispatched {
+    /// Recorded and counted as sent: the request may leave now.
+    Sent(AttemptRow),
+    /// A cap was reached; the job was requeued in the same transaction.
+    CapReached { retry_at_ms: i64 },
+    /// The caller no longer holds the job's lease: it must not send.
+    LeaseLost,
+}
+
+/// Everything the worker records for a group of claimed jobs before any of them is
+/// dialed, in one transaction: the pre-flight verdicts (audit rows), the decisions
+/// for jobs pre-flight blocked, and the attempts about to be sent. Job ids are
+/// distinct across `writes` and `sends`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dispatch {
+    pub owner: String,
+    pub audits: Vec<AuditRecord>,
+    pub writes: Vec<JobWrite>,
+    pub sends: Vec<SendRequest>,
+}
+
+/// The result of a [`Dispatch`], in the order given.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DispatchResult {
+    pub writes: Vec<bool>,
+    pub sends: Vec<Dispatched>,
+}
+
+/// The attempt a call id belongs to, and where its job stands
+/// (`Store::outcome_targets`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeTarget {
+    pub attempt: AttemptRow,
+    /// The job's counted attempts (`jobs.attempts`).
+    pub job_attempts: i32,
+    /// The job awaits this attempt's outcome (`awaiting_outcome`, and this attempt
+    /// is its current one): an outcome decides the job.
+    pub awaiting: bool,
+}
+
+/// Outcomes applied in one transaction (`Store::apply_outcomes`): job decisions
+/// (guarded by `Guard::Awaiting`), outcomes recorded on attempts only (the job
+/// already had its outcome or is final), and the inbox events they settle with
+/// their result labels (`None` means "applied" if the event's job write applied,
+/// else "duplicate_outcome").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutcomeBatch {
+    pub writes: Vec<JobWrite>,
+    pub recorded: Vec<AttemptUpdate>,
+    pub marks: Vec<InboxMark>,
     pub now_ms: i64,
+}
+
+/// An inbox event settled by an [`OutcomeBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxMark {
+    pub event_id: String,
+    /// The fixed result label, or None to take it from `write` (index into
+    /// `OutcomeBatch::writes`): "applied" when it applied, else "duplicate_outcome".
+    pub result: Option<&'static str>,
+    pub write: Option<usize>,
+}
+
+impl InboxMark {
+    /// The result label stored for this event, given which writes applied.
+    pub fn label(&self, applied: &[bool]) -> &'static str {
+        match (self.result, self.write) {
+            (Some(r), _) => r,
+            (None, Some(i)) if applied.get(i).copied().unwrap_or(false) => "applied",
+            (None, _) => "duplicate_outcome",
+        }
+    }
+}
+
+impl JobUpdate {
+    /// A frequency cap was reached at the moment of dialing: back to the queue until
+    /// the oldest counted call leaves the window (SPEC section 6).
+    pub fn cap_requeue(due_at_ms: i64) -> JobUpdate {
+        JobUpdate {
+            status: "queued",
+            due_at_ms: Some(due_at_ms),
+            reason: Some("frequency_cap".into()),
+            reason_source: Some("local"),
+            ..Default::default()
+        }
+    }
 }

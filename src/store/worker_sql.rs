@@ -33,8 +33,11 @@ macro_rules! worker_sql {
         use crate::store::Result;
         use sqlx::{QueryBuilder, Row};
 
+        #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
         const INBOX_INSERT: &str = "INSERT INTO webhook_inbox (event_id, call_id, received_at_ms, body) \
             VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING";
+        const RECORD_OUTCOME: &str = "UPDATE attempts SET outcome_code = $2, outcome_category = $3, outcome_source = $4, \
+            outcome_at_ms = $5 WHERE id = $1 AND outcome_code IS NULL";
         const INBOX_MARK_APPLIED: &str =
             "UPDATE webhook_inbox SET applied_at_ms = $2, result = $3 WHERE event_id = $1";
 
@@ -126,23 +129,33 @@ macro_rules! worker_sql {
         }
 
         /// `db_now_ms`: the database clock (PostgreSQL) or the process clock (SQLite).
-        pub(crate) async fn heartbeat(pool: &$Pool, id: &str, lease_ms: i64, db_now_ms: i64) -> Result<()> {
+        /// Renews the worker's heartbeat and the leases of the jobs it still holds
+        /// (`held`): only those, so a job whose task ended without a decision or a
+        /// release (the database was down) is left to expire and be recovered.
+        pub(crate) async fn heartbeat(pool: &$Pool, id: &str, held: &[i64], lease_ms: i64, db_now_ms: i64) -> Result<()> {
             let mut tx = super::begin_tx(pool).await?;
             sqlx::query("UPDATE workers SET heartbeat_ms = $2 WHERE id = $1")
                 .bind(id)
                 .bind(db_now_ms)
                 .execute(&mut *tx)
                 .await?;
+            let mut held = held.to_vec();
+            held.sort_unstable();
             // Rows locked in id order, as every batch locks them (no deadlock cycle).
             let for_update: &str = $for_update;
-            sqlx::query(&format!(
-                "UPDATE jobs SET lease_expires_ms = $2 WHERE id IN (SELECT id FROM jobs WHERE lease_owner = $1 \
-                 AND status IN ('running', 'dialing') ORDER BY id{for_update})",
-            ))
-            .bind(id)
-            .bind(db_now_ms + lease_ms)
-            .execute(&mut *tx)
-            .await?;
+            for chunk in held.chunks(500) {
+                let mut qb = QueryBuilder::<$DB>::new("UPDATE jobs SET lease_expires_ms = ");
+                qb.push_bind(db_now_ms + lease_ms);
+                qb.push(" WHERE id IN (SELECT id FROM jobs WHERE lease_owner = ");
+                qb.push_bind(id);
+                qb.push(" AND status IN ('running', 'dialing') AND id IN (");
+                let mut sep = qb.separated(", ");
+                for j in chunk {
+                    sep.push_bind(*j);
+                }
+                qb.push(format!(") ORDER BY id{for_update})"));
+                qb.build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(())
         }
@@ -245,6 +258,7 @@ macro_rules! worker_sql {
         }
 
         /// Epoch-ms times of the number's counted calls since `since_ms`, oldest first.
+        #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
         async fn counted_calls(conn: &mut <$DB as sqlx::Database>::Connection, phone: &str, since_ms: i64) -> Result<Vec<i64>> {
             Ok(sqlx::query_scalar(
                 "SELECT created_at_ms FROM attempts WHERE phone = $1 AND placement <> 'not_placed' AND created_at_ms > $2 \
@@ -270,103 +284,11 @@ macro_rules! worker_sql {
             retry
         }
 
-        pub(crate) async fn reserve_attempt(
-            pool: &$Pool,
-            job: &ClaimedJob,
-            key: &str,
-            body: &str,
-            caps: &[(u32, i64)],
-            now_ms: i64,
-        ) -> Result<Reservation> {
+        pub(crate) async fn mark_sending(pool: &$Pool, job_id: i64, attempt_id: i64, owner: &str, now_ms: i64) -> Result<bool> {
             let mut tx = super::begin_tx(pool).await?;
-            let r = reserve_on(&mut tx, job, key, body, caps, now_ms).await?;
+            let held = mark_sending_on(&mut tx, job_id, attempt_id, owner, now_ms).await?;
             tx.commit().await?;
-            Ok(r)
-        }
-
-        /// Several reservations in one transaction (one commit). The per-number
-        /// locks are taken in one global order (by number), so two workers' batches
-        /// cannot deadlock; they are held until the batch commits.
-        pub(crate) async fn reserve_attempts(pool: &$Pool, reqs: &[ReserveRequest]) -> Result<Vec<Reservation>> {
-            let mut order: Vec<usize> = (0..reqs.len()).collect();
-            order.sort_by(|a, b| reqs[*a].job.phone.cmp(&reqs[*b].job.phone));
-            let mut out: Vec<Option<Reservation>> = vec![None; reqs.len()];
-            let mut tx = super::begin_tx(pool).await?;
-            for i in &order {
-                let lock: Option<&str> = $lock_number;
-                if let Some(lock) = lock {
-                    sqlx::query(lock).bind(&reqs[*i].job.phone).execute(&mut *tx).await?;
-                }
-            }
-            let ids: Vec<i64> = reqs.iter().map(|r| r.job.id).collect();
-            lock_batch(&mut tx, &ids).await?;
-            for i in order {
-                let r = &reqs[i];
-                out[i] = Some(reserve_on(&mut tx, &r.job, &r.key, &r.body, &r.caps, r.now_ms).await?);
-            }
-            tx.commit().await?;
-            Ok(out.into_iter().map(|r| r.expect("every request answered")).collect())
-        }
-
-        async fn reserve_on(
-            conn: &mut <$DB as sqlx::Database>::Connection,
-            job: &ClaimedJob,
-            key: &str,
-            body: &str,
-            caps: &[(u32, i64)],
-            now_ms: i64,
-        ) -> Result<Reservation> {
-            let tx = conn;
-            let lock: Option<&str> = $lock_number;
-            if let Some(lock) = lock {
-                sqlx::query(lock).bind(&job.phone).execute(&mut *tx).await?;
-            }
-            let longest = caps.iter().map(|c| c.1).max().unwrap_or(0);
-            if longest > 0 {
-                let times = counted_calls(&mut *tx, &job.phone, now_ms - longest).await?;
-                if let Some(retry_at_ms) = cap_retry_at(&times, caps, now_ms) {
-                    return Ok(Reservation::CapReached { retry_at_ms });
-                }
-            }
-            let attempt_no: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE job_id = $1")
-                .bind(job.id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let sql = format!(
-                "INSERT INTO attempts (job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, placement, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'reserved', $7) RETURNING {ATTEMPT_COLS}"
-            );
-            let row = sqlx::query(&sql)
-                .bind(job.id)
-                .bind(job.campaign_id)
-                .bind(&job.phone)
-                .bind(attempt_no as i32 + 1)
-                .bind(key)
-                .bind(body)
-                .bind(now_ms)
-                .fetch_one(&mut *tx)
-                .await?;
-            let attempt = attempt_from_row(&row)?;
-            sqlx::query("UPDATE jobs SET current_attempt_id = $2 WHERE id = $1")
-                .bind(job.id)
-                .bind(attempt.id)
-                .execute(&mut *tx)
-                .await?;
-            Ok(Reservation::Reserved(attempt))
-        }
-
-        /// Several marks in one transaction (one commit); each applies only while
-        /// `owner` holds that job's lease.
-        pub(crate) async fn mark_sending_many(pool: &$Pool, marks: &[SendMark], owner: &str) -> Result<Vec<bool>> {
-            let mut tx = super::begin_tx(pool).await?;
-            let ids: Vec<i64> = marks.iter().map(|m| m.job_id).collect();
-            lock_batch(&mut tx, &ids).await?;
-            let mut out = Vec::with_capacity(marks.len());
-            for m in marks {
-                out.push(mark_sending_on(&mut tx, m.job_id, m.attempt_id, owner, m.now_ms).await?);
-            }
-            tx.commit().await?;
-            Ok(out)
+            Ok(held)
         }
 
         async fn mark_sending_on(
@@ -538,6 +460,11 @@ macro_rules! worker_sql {
         }
 
         pub(crate) async fn insert_audit(pool: &$Pool, rows: &[AuditRecord]) -> Result<()> {
+            let mut conn = pool.acquire().await?;
+            insert_audit_on(&mut conn, rows).await
+        }
+
+        pub(crate) async fn insert_audit_on(conn: &mut <$DB as sqlx::Database>::Connection, rows: &[AuditRecord]) -> Result<()> {
             for chunk in rows.chunks(500) {
                 let mut qb = QueryBuilder::<$DB>::new(
                     "INSERT INTO audit (job_id, campaign_id, phone, at_ms, stage, verdict, rule, reason, zones, states, \
@@ -557,9 +484,177 @@ macro_rules! worker_sql {
                         .push_bind(r.local_times.clone())
                         .push_bind(r.next_allowed_ms);
                 });
-                qb.build().execute(pool).await?;
+                qb.build().execute(&mut *conn).await?;
             }
             Ok(())
+        }
+
+        /// `Store::dispatch`, row by row in one transaction: the reference semantics
+        /// of the set-based PostgreSQL version. Job rows are locked in id order first,
+        /// then new attempts are checked and recorded in number order (the order the
+        /// per-number locks are taken in), each counting toward the caps of the next.
+        #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
+        pub(crate) async fn dispatch(pool: &$Pool, d: &Dispatch) -> Result<DispatchResult> {
+            let mut tx = super::begin_tx(pool).await?;
+            let ids: Vec<i64> = d.writes.iter().map(|w| w.job_id).chain(d.sends.iter().map(|s| s.job_id)).collect();
+            lock_batch(&mut tx, &ids).await?;
+            insert_audit_on(&mut tx, &d.audits).await?;
+            let mut writes = Vec::with_capacity(d.writes.len());
+            for w in &d.writes {
+                writes.push(update_job_on(&mut tx, w.job_id, &w.guard, &w.update, w.now_ms).await?);
+            }
+            let mut order: Vec<usize> = (0..d.sends.len()).collect();
+            order.sort_by(|a, b| d.sends[*a].phone.cmp(&d.sends[*b].phone));
+            let lock: Option<&str> = $lock_number;
+            if let Some(lock) = lock {
+                for i in &order {
+                    if matches!(d.sends[*i].send, SendKind::New { .. }) {
+                        sqlx::query(lock).bind(&d.sends[*i].phone).execute(&mut *tx).await?;
+                    }
+                }
+            }
+            let mut sends = vec![Dispatched::LeaseLost; d.sends.len()];
+            for i in order {
+                let s = &d.sends[i];
+                let held: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM jobs WHERE id = $1 AND lease_owner = $2 AND status IN ('running', 'dialing')",
+                )
+                .bind(s.job_id)
+                .bind(&d.owner)
+                .fetch_one(&mut *tx)
+                .await?;
+                if held != 1 {
+                    continue;
+                }
+                sends[i] = match &s.send {
+                    SendKind::Resend { attempt_id } => {
+                        mark_sending_on(&mut tx, s.job_id, *attempt_id, &d.owner, s.now_ms).await?;
+                        let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = $1");
+                        let row = sqlx::query(&sql).bind(attempt_id).fetch_one(&mut *tx).await?;
+                        Dispatched::Sent(attempt_from_row(&row)?)
+                    }
+                    SendKind::New { key, body, caps, requeue_jitter_ms } => {
+                        let longest = caps.iter().map(|c| c.1).max().unwrap_or(0);
+                        let retry = if longest > 0 {
+                            let times = counted_calls(&mut tx, &s.phone, s.now_ms - longest).await?;
+                            cap_retry_at(&times, caps, s.now_ms)
+                        } else {
+                            None
+                        };
+                        if let Some(retry_at_ms) = retry {
+                            let u = JobUpdate::cap_requeue(retry_at_ms + requeue_jitter_ms);
+                            update_job_on(&mut tx, s.job_id, &Guard::Lease(d.owner.clone()), &u, s.now_ms).await?;
+                            Dispatched::CapReached { retry_at_ms }
+                        } else {
+                            let sql = format!(
+                                "INSERT INTO attempts (job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, \
+                                 placement, sends, created_at_ms, first_sent_at_ms, last_sent_at_ms) \
+                                 VALUES ($1, $2, $3, (SELECT COUNT(*) FROM attempts WHERE job_id = $1) + 1, $4, $5, \
+                                 'reserved', 1, $6, $6, $6) RETURNING {ATTEMPT_COLS}"
+                            );
+                            let row = sqlx::query(&sql)
+                                .bind(s.job_id)
+                                .bind(s.campaign_id)
+                                .bind(&s.phone)
+                                .bind(key)
+                                .bind(body)
+                                .bind(s.now_ms)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            let attempt = attempt_from_row(&row)?;
+                            sqlx::query(
+                                "UPDATE jobs SET status = 'dialing', current_attempt_id = $2, updated_at_ms = $3 WHERE id = $1",
+                            )
+                            .bind(s.job_id)
+                            .bind(attempt.id)
+                            .bind(s.now_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                            Dispatched::Sent(attempt)
+                        }
+                    }
+                };
+            }
+            tx.commit().await?;
+            Ok(DispatchResult { writes, sends })
+        }
+
+        /// `Store::outcome_targets`, one call id at a time.
+        #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
+        pub(crate) async fn outcome_targets(pool: &$Pool, call_ids: &[String]) -> Result<Vec<OutcomeTarget>> {
+            let mut out = Vec::new();
+            for call_id in call_ids {
+                let sql = format!(
+                    "SELECT {ATTEMPT_COLS}, (SELECT attempts FROM jobs WHERE jobs.id = attempts.job_id) AS job_attempts, \
+                     EXISTS (SELECT 1 FROM jobs WHERE jobs.id = attempts.job_id AND jobs.status = 'awaiting_outcome' \
+                     AND jobs.current_attempt_id = attempts.id) AS awaiting FROM attempts WHERE call_id = $1"
+                );
+                if let Some(r) = sqlx::query(&sql).bind(call_id).fetch_optional(pool).await? {
+                    out.push(OutcomeTarget {
+                        attempt: attempt_from_row(&r)?,
+                        job_attempts: r.try_get::<Option<i32>, _>("job_attempts")?.unwrap_or(0),
+                        awaiting: r.try_get("awaiting")?,
+                    });
+                }
+            }
+            Ok(out)
+        }
+
+        /// `Store::apply_outcomes`, row by row in one transaction.
+        pub(crate) async fn apply_outcomes(pool: &$Pool, b: &OutcomeBatch) -> Result<Vec<bool>> {
+            let mut tx = super::begin_tx(pool).await?;
+            let ids: Vec<i64> = b.writes.iter().map(|w| w.job_id).collect();
+            lock_batch(&mut tx, &ids).await?;
+            let mut applied = Vec::with_capacity(b.writes.len());
+            for w in &b.writes {
+                applied.push(update_job_on(&mut tx, w.job_id, &w.guard, &w.update, w.now_ms).await?);
+            }
+            for a in &b.recorded {
+                sqlx::query(RECORD_OUTCOME)
+                    .bind(a.id)
+                    .bind(a.outcome_code.as_deref())
+                    .bind(a.outcome_category.as_deref())
+                    .bind(a.outcome_source)
+                    .bind(b.now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for m in &b.marks {
+                sqlx::query(INBOX_MARK_APPLIED)
+                    .bind(&m.event_id)
+                    .bind(b.now_ms)
+                    .bind(m.label(&applied))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(applied)
+        }
+
+        /// Stored events not yet applied, for calls whose 202 is recorded, received
+        /// before `received_before_ms` (the inbox sweeper: an event whose apply failed
+        /// after it was stored, or that raced its call's 202).
+        pub(crate) async fn inbox_unapplied(pool: &$Pool, received_before_ms: i64, limit: u32) -> Result<Vec<InboxEvent>> {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT i.event_id, i.call_id, i.body FROM webhook_inbox i WHERE i.applied_at_ms IS NULL \
+                 AND i.received_at_ms <= $1 AND EXISTS (SELECT 1 FROM attempts a WHERE a.call_id = i.call_id) \
+                 ORDER BY i.received_at_ms LIMIT $2",
+            )
+            .bind(received_before_ms)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(|(event_id, call_id, body)| InboxEvent { event_id, call_id, body }).collect())
+        }
+
+        /// `Store::inbox_pending_many`, one call id at a time.
+        #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
+        pub(crate) async fn inbox_pending_many(pool: &$Pool, call_ids: &[String]) -> Result<Vec<InboxEvent>> {
+            let mut out = Vec::new();
+            for c in call_ids {
+                out.extend(inbox_pending(pool, c).await?);
+            }
+            Ok(out)
         }
 
         pub(crate) async fn requeue_dropped(pool: &$Pool, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
@@ -665,33 +760,15 @@ macro_rules! worker_sql {
                 == 1)
         }
 
-        pub(crate) async fn attempt_by_call_id(pool: &$Pool, call_id: &str) -> Result<Option<AttemptRow>> {
-            let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE call_id = $1");
-            let row = sqlx::query(&sql).bind(call_id).fetch_optional(pool).await?;
-            row.as_ref().map(attempt_from_row).transpose()
-        }
-
         pub(crate) async fn attempt(pool: &$Pool, id: i64) -> Result<Option<AttemptRow>> {
             let sql = format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id = $1");
             let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
             row.as_ref().map(attempt_from_row).transpose()
         }
 
-        /// One event: one statement, no explicit transaction (one round trip).
-        pub(crate) async fn inbox_insert(pool: &$Pool, e: &InboxEvent, now_ms: i64) -> Result<bool> {
-            Ok(sqlx::query(INBOX_INSERT)
-                .bind(&e.event_id)
-                .bind(&e.call_id)
-                .bind(now_ms)
-                .bind(&e.body)
-                .execute(pool)
-                .await?
-                .rows_affected()
-                == 1)
-        }
-
         /// `inbox_insert` for several events in one transaction, in order (a repeat
         /// inside the batch is a duplicate like any other).
+        #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
         pub(crate) async fn inbox_insert_many(pool: &$Pool, events: &[InboxEvent], now_ms: i64) -> Result<Vec<bool>> {
             let mut tx = super::begin_tx(pool).await?;
             let mut out = Vec::with_capacity(events.len());
@@ -712,21 +789,7 @@ macro_rules! worker_sql {
             Ok(out)
         }
 
-        /// `inbox_mark_applied` for several events in one transaction.
-        pub(crate) async fn inbox_mark_applied_many(pool: &$Pool, marks: &[(String, String)], now_ms: i64) -> Result<()> {
-            let mut tx = super::begin_tx(pool).await?;
-            for (event_id, result) in marks {
-                sqlx::query(INBOX_MARK_APPLIED)
-                    .bind(event_id)
-                    .bind(now_ms)
-                    .bind(result)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        }
-
+        #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
         pub(crate) async fn inbox_pending(pool: &$Pool, call_id: &str) -> Result<Vec<InboxEvent>> {
             let rows: Vec<(String, String, String)> = sqlx::query_as(
                 "SELECT event_id, call_id, body FROM webhook_inbox WHERE call_id = $1 AND applied_at_ms IS NULL \
@@ -738,48 +801,16 @@ macro_rules! worker_sql {
             Ok(rows.into_iter().map(|(event_id, call_id, body)| InboxEvent { event_id, call_id, body }).collect())
         }
 
-        /// One mark: one statement, no explicit transaction (one round trip).
-        pub(crate) async fn inbox_mark_applied(pool: &$Pool, event_id: &str, result: &str, now_ms: i64) -> Result<()> {
-            sqlx::query(INBOX_MARK_APPLIED)
-                .bind(event_id)
-                .bind(now_ms)
-                .bind(result)
-                .execute(pool)
-                .await?;
-            Ok(())
-        }
-
         pub(crate) async fn unsettled_attempts(pool: &$Pool, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>> {
             let sql = format!(
-                "SELECT {ATTEMPT_COLS} FROM attempts WHERE placement = 'placed' AND outcome_code IS NULL \
-                 AND placed_at_ms <= $1 ORDER BY placed_at_ms LIMIT $2"
+                "SELECT {ATTEMPT_COLS} FROM attempts WHERE id IN (SELECT current_attempt_id FROM jobs \
+                 WHERE status = 'awaiting_outcome' AND updated_at_ms <= $1) AND placed_at_ms <= $1 \
+                 ORDER BY placed_at_ms LIMIT $2"
             );
             let rows = sqlx::query(&sql).bind(placed_before_ms).bind(limit as i64).fetch_all(pool).await?;
             rows.iter().map(attempt_from_row).collect()
         }
 
-        pub(crate) async fn record_outcome_only(
-            pool: &$Pool,
-            attempt_id: i64,
-            code: &str,
-            category: Option<&str>,
-            source: &str,
-            now_ms: i64,
-        ) -> Result<bool> {
-            Ok(sqlx::query(
-                "UPDATE attempts SET outcome_code = $2, outcome_category = $3, outcome_source = $4, outcome_at_ms = $5 \
-                 WHERE id = $1 AND outcome_code IS NULL",
-            )
-            .bind(attempt_id)
-            .bind(code)
-            .bind(category)
-            .bind(source)
-            .bind(now_ms)
-            .execute(pool)
-            .await?
-            .rows_affected()
-                == 1)
-        }
     };
 }
 

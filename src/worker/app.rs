@@ -12,18 +12,20 @@ use crate::decision::{PauseCounts, RetrySettings, VoicemailRetry};
 use crate::metrics as m;
 use crate::phone::{PhoneNumber, mask};
 use crate::revdesk::client::Client;
-use crate::revdesk::wire::DialRequest;
+use crate::revdesk::wire::{CallResource, DialRequest};
 use crate::store::{
-    AuditRecord, CampaignRow, ClaimedJob, DynStore, Guard, JobUpdate, NumberFacts, Placement,
-    Reservation,
+    AttemptRow, AuditRecord, CampaignRow, ClaimedJob, Dispatch, Dispatched, DynStore, Guard,
+    InboxEvent, JobUpdate, JobWrite, NumberFacts, Placement, SendKind, SendRequest,
 };
+use crate::worker::batch::Batcher;
 use crate::worker::breaker::CircuitBreaker;
+use crate::worker::outcomes::WebhookResult;
 use crate::worker::pacing::{Pacer, PacerConfig};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +70,10 @@ pub struct App {
     /// This worker saw the account halted (set on a halting answer, cleared when
     /// the claim loop finds no halt): claimed jobs go back unchanged.
     pub(crate) account_halted: std::sync::atomic::AtomicBool,
+    /// The group commits of decisions and of webhook events (started on first use,
+    /// inside the runtime).
+    decisions: OnceLock<Batcher<JobWrite, bool>>,
+    webhooks: OnceLock<Batcher<(InboxEvent, CallResource), WebhookResult>>,
 }
 
 impl App {
@@ -105,6 +111,8 @@ impl App {
             pause_counts: Mutex::new(PauseCounts::default()),
             held: Mutex::new(HashSet::new()),
             account_halted: std::sync::atomic::AtomicBool::new(false),
+            decisions: OnceLock::new(),
+            webhooks: OnceLock::new(),
         })
     }
 
@@ -125,6 +133,14 @@ impl App {
         }
     }
 
+    pub(crate) fn decisions_cell(&self) -> &OnceLock<Batcher<JobWrite, bool>> {
+        &self.decisions
+    }
+    pub(crate) fn webhooks_cell(
+        &self,
+    ) -> &OnceLock<Batcher<(InboxEvent, CallResource), WebhookResult>> {
+        &self.webhooks
+    }
     pub(crate) fn breaker_mutex(&self) -> &Mutex<CircuitBreaker> {
         &self.breaker
     }
@@ -315,34 +331,48 @@ fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-impl App {
-    /// One claimed job, from pre-flight to a decision. Never leaves the job held:
-    /// every path ends in an update or a release.
-    pub async fn process(
-        self: &Arc<Self>,
-        job: ClaimedJob,
-        facts: NumberFacts,
-        probe: Option<Probe>,
-    ) {
-        let id = job.id;
-        if let Err(e) = self.process_inner(job, facts, probe).await {
-            tracing::error!(job_id = id, error = %e, "job processing failed; releasing the job");
-            if let Err(e) = self.store.release(id, &self.worker_id, self.now_ms()).await {
-                tracing::error!(job_id = id, error = %e, "release failed; the lease will expire");
-            }
-        }
-        self.held.lock().expect("poisoned").remove(&id);
-    }
+/// A claimed job that passed pre-flight: it waits for the pacer, then is dispatched.
+struct Allowed {
+    job: ClaimedJob,
+    campaign: Arc<CampaignCtx>,
+    recipient: Recipient,
+    probe: Option<Probe>,
+    /// Its pre-flight verdict, recorded with its dispatch.
+    audit: AuditRecord,
+}
 
-    pub(crate) async fn update(&self, job: &ClaimedJob, u: &JobUpdate) -> anyhow::Result<bool> {
+/// A job whose attempt was recorded and counted as sent: its request may leave.
+pub(crate) struct Ready {
+    pub job: ClaimedJob,
+    pub campaign: Arc<CampaignCtx>,
+    pub recipient: Recipient,
+    pub attempt: AttemptRow,
+    pub probe: Option<Probe>,
+}
+
+/// Pre-flight of a claimed batch, before anything is written: the audit rows and
+/// decisions of the jobs it blocks, and the jobs it allows.
+struct Preflight {
+    audits: Vec<AuditRecord>,
+    writes: Vec<(ClaimedJob, JobUpdate)>,
+    allowed: Vec<Allowed>,
+}
+
+impl App {
+    /// Decides one job under this worker's lease (a per-job path: retries, pauses,
+    /// key settlement). The write joins the decision group commit.
+    pub(crate) async fn update(
+        self: &Arc<Self>,
+        job: &ClaimedJob,
+        u: &JobUpdate,
+    ) -> anyhow::Result<bool> {
         let applied = self
-            .store
-            .update_job(
-                job.id,
-                &Guard::Lease(self.worker_id.clone()),
-                u,
-                self.now_ms(),
-            )
+            .decide(JobWrite {
+                job_id: job.id,
+                guard: Guard::Lease(self.worker_id.clone()),
+                update: u.clone(),
+                now_ms: self.now_ms(),
+            })
             .await?;
         if !applied {
             tracing::warn!(
@@ -353,151 +383,408 @@ impl App {
         Ok(applied)
     }
 
-    async fn process_inner(
-        self: &Arc<Self>,
-        job: ClaimedJob,
-        facts: NumberFacts,
-        probe: Option<Probe>,
-    ) -> anyhow::Result<()> {
-        let campaign = self.campaign(job.campaign_id).await?;
-        let cname = campaign.row.name.clone();
+    /// One claimed batch, from pre-flight to the last decision (issue 5: the writes of
+    /// a batch are a few set-based statements, not a few per job). Pre-flight runs on
+    /// facts read moments ago; then the allowed jobs pass the pacer in order, and each
+    /// group that passed is dispatched in one transaction (verdicts, blocked jobs'
+    /// decisions, attempts checked against the caps and counted as sent) right before
+    /// its requests leave. Every job ends in a decision, a dial task or a release.
+    /// `permits` holds one in-flight slot per claimed job; each is freed when its job
+    /// is decided or its dial task ends.
+    pub(crate) async fn run_batch(
+        self: Arc<Self>,
+        claimed: Vec<(ClaimedJob, Option<Probe>)>,
+        facts: HashMap<(i64, String), NumberFacts>,
+        mut permits: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut dials = tokio::task::JoinSet::new();
         let now = self.now();
+        let mut pre = match self.preflight(claimed, &facts, now).await {
+            Ok(p) => p,
+            Err((e, jobs)) => {
+                tracing::warn!(error = %e, "pre-flight of the claimed batch failed; releasing it");
+                self.release_all(jobs.iter().map(|j| j.id)).await;
+                return;
+            }
+        };
+        let mut group: Vec<Allowed> = Vec::new();
+        let mut queue = std::mem::take(&mut pre.allowed).into_iter();
+        let mut stopped = false;
+        while let Some(a) = queue.next() {
+            // Pacing: the account rate (shared by live workers) and the campaign's.
+            let cname = a.campaign.row.name.clone();
+            let mut acquire = self.pacer.acquire(Some(&cname));
+            match acquire.try_now() {
+                Ok(()) => metrics::histogram!(m::RATE_WAIT).record(0.0),
+                Err(mut wait) => {
+                    // Send what already passed before waiting for the rest.
+                    if !group.is_empty() || !pre.writes.is_empty() {
+                        self.flush(
+                            &mut pre,
+                            std::mem::take(&mut group),
+                            &mut permits,
+                            &mut dials,
+                        )
+                        .await;
+                    }
+                    let started = Instant::now();
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {},
+                            _ = self.cancel.cancelled() => { stopped = true; break; }
+                        }
+                        match acquire.try_now() {
+                            Ok(()) => break,
+                            Err(w) => wait = w,
+                        }
+                    }
+                    if stopped {
+                        // Stopping: the rest goes back to the queue unchanged.
+                        let rest: Vec<i64> = std::iter::once(a.job.id)
+                            .chain(queue.by_ref().map(|a| a.job.id))
+                            .collect();
+                        self.release_all(rest.into_iter()).await;
+                        break;
+                    }
+                    metrics::histogram!(m::RATE_WAIT).record(started.elapsed().as_secs_f64());
+                }
+            }
+            group.push(a);
+        }
+        if !group.is_empty() || !pre.writes.is_empty() {
+            self.flush(&mut pre, group, &mut permits, &mut dials).await;
+        }
+        drop(permits);
+        while dials.join_next().await.is_some() {}
+    }
 
-        // A placed attempt whose job came back to the queue (lease lost after the
-        // 202): never dial again, wait for its outcome.
-        if let Some(a) = &job.current_attempt {
-            if a.placement == Placement::Placed {
-                self.update(
-                    &job,
-                    &JobUpdate {
-                        status: "awaiting_outcome",
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                return Ok(());
+    /// Gives claimed jobs back unchanged (best effort: if the database is gone, the
+    /// leases expire and another claim takes them).
+    async fn release_all(&self, ids: impl Iterator<Item = i64>) {
+        for id in ids {
+            if let Err(e) = self.store.release(id, &self.worker_id, self.now_ms()).await {
+                tracing::warn!(job_id = id, error = %e, "release failed; the lease will expire");
+            }
+            self.held.lock().expect("poisoned").remove(&id);
+        }
+    }
+
+    /// Pre-flight of every claimed job, in memory (SPEC section 6): all rules on the
+    /// facts read at the claim. On an error the claimed jobs come back for release.
+    async fn preflight(
+        self: &Arc<Self>,
+        claimed: Vec<(ClaimedJob, Option<Probe>)>,
+        facts: &HashMap<(i64, String), NumberFacts>,
+        now: DateTime<Utc>,
+    ) -> Result<Preflight, (anyhow::Error, Vec<ClaimedJob>)> {
+        let mut campaigns = HashMap::new();
+        for (job, _) in &claimed {
+            if let std::collections::hash_map::Entry::Vacant(e) = campaigns.entry(job.campaign_id) {
+                match self.campaign(job.campaign_id).await {
+                    Ok(c) => {
+                        e.insert(c);
+                    }
+                    Err(err) => return Err((err, claimed.into_iter().map(|(j, _)| j).collect())),
+                }
             }
         }
+        let mut pre = Preflight {
+            audits: Vec::new(),
+            writes: Vec::new(),
+            allowed: Vec::with_capacity(claimed.len()),
+        };
+        for (job, probe) in claimed {
+            let campaign = campaigns[&job.campaign_id].clone();
+            let cname = campaign.row.name.as_str();
 
-        // Pre-flight, all rules, on facts read seconds ago.
-        let (_phone, recipient) = match recipient(&self.engine, &job) {
-            Ok(x) => x,
-            Err(e) => {
-                let reason = e.reason();
-                metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => cname.clone(), "rule" => reason).increment(1);
-                self.update(
-                    &job,
-                    &JobUpdate {
+            // A placed attempt whose job came back to the queue (lease lost after
+            // the 202): never dial again, wait for its outcome.
+            if job
+                .current_attempt
+                .as_ref()
+                .is_some_and(|a| a.placement == Placement::Placed)
+            {
+                let u = JobUpdate {
+                    status: "awaiting_outcome",
+                    ..Default::default()
+                };
+                pre.writes.push((job, u));
+                continue;
+            }
+
+            // The special-number and validity rules on the digits, again at the
+            // moment of dialing (47 CFR 64.1200; SPEC section 6).
+            let recipient = match recipient(&self.engine, &job) {
+                Ok((_, r)) => r,
+                Err(e) => {
+                    let reason = e.reason();
+                    metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => cname.to_owned(), "rule" => reason).increment(1);
+                    let u = JobUpdate {
                         status: "dropped",
                         reason: Some(reason.to_owned()),
                         reason_source: Some("local"),
                         ..Default::default()
-                    },
-                )
-                .await?;
-                return Ok(());
+                    };
+                    pre.writes.push((job, u));
+                    continue;
+                }
+            };
+
+            // A key kept past revdesk.key_ttl is never re-sent (the vendor may have
+            // forgotten it): the attempt is settled as possibly placed, unknown outcome.
+            if let Some(u) = self.settle_expired_key(&job, &campaign, now) {
+                pre.writes.push((job, u));
+                continue;
+            }
+
+            let f = facts
+                .get(&(job.campaign_id, job.phone.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let verdict =
+                self.engine
+                    .evaluate(&recipient, &campaign.policy, &engine_facts(&f), now);
+            let audit = self.audit(&job, &verdict, "claim");
+            if let Some(u) = self.verdict_update(&job, cname, &verdict, false) {
+                pre.audits.push(audit);
+                pre.writes.push((job, u));
+                continue;
+            }
+            pre.allowed.push(Allowed {
+                job,
+                campaign,
+                recipient,
+                probe,
+                audit,
+            });
+        }
+        Ok(pre)
+    }
+
+    /// Dispatches one group that passed the pacer, with the batch's pending audit
+    /// rows and decisions, then starts a dial task for each job sent. A job refused
+    /// by a pause or halt that began meanwhile goes back unchanged (SPEC section 8);
+    /// the time rules are evaluated again right before the dispatch.
+    async fn flush(
+        self: &Arc<Self>,
+        pre: &mut Preflight,
+        group: Vec<Allowed>,
+        permits: &mut tokio::sync::OwnedSemaphorePermit,
+        dials: &mut tokio::task::JoinSet<()>,
+    ) {
+        let now = self.now();
+        let now_ms = ms(now);
+        let halted = self.account_halted.load(Ordering::Relaxed) || self.worker_halt().is_some();
+        let mut audits = std::mem::take(&mut pre.audits);
+        let mut decided = std::mem::take(&mut pre.writes);
+        let mut sends: Vec<(SendRequest, Allowed)> = Vec::with_capacity(group.len());
+        let mut refused = Vec::new();
+        for a in group {
+            if a.probe.is_none() {
+                let paused = match self.campaign(a.job.campaign_id).await {
+                    Ok(c) => c.row.operator_paused || c.row.auto_pause_reason.is_some(),
+                    Err(_) => true,
+                };
+                if paused || halted {
+                    refused.push(a.job.id);
+                    continue;
+                }
+            }
+            audits.push(a.audit.clone());
+            // The time rules again, immediately before the request (SPEC section 6).
+            let tv = self
+                .engine
+                .evaluate_time(&a.recipient, &a.campaign.policy, now);
+            if !tv.is_allow() {
+                audits.push(self.audit(&a.job, &tv, "pre_request"));
+                let sent = a.job.current_attempt.as_ref().is_some_and(|x| x.sends > 0);
+                if let Some(u) = self.verdict_update(&a.job, &a.campaign.row.name, &tv, sent) {
+                    decided.push((a.job, u));
+                }
+                continue;
+            }
+            let send = match &a.job.current_attempt {
+                // The unresolved attempt: the same key and the exact stored body.
+                Some(x)
+                    if matches!(x.placement, Placement::Reserved | Placement::PossiblyPlaced) =>
+                {
+                    SendKind::Resend { attempt_id: x.id }
+                }
+                _ => {
+                    let body = match serde_json::to_string(&DialRequest {
+                        from_number: a.campaign.row.from_number.clone(),
+                        to_number: a.job.phone.clone(),
+                    }) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(job_id = a.job.id, error = %e, "cannot encode the dial request");
+                            refused.push(a.job.id);
+                            continue;
+                        }
+                    };
+                    SendKind::New {
+                        key: format!("dl_{}", uuid::Uuid::new_v4().simple()),
+                        body,
+                        caps: self
+                            .engine
+                            .caps(&a.recipient, &a.campaign.policy, now)
+                            .into_iter()
+                            .map(|c| (c.calls, c.per.as_millis() as i64))
+                            .collect(),
+                        requeue_jitter_ms: jitter_ms(30_000),
+                    }
+                }
+            };
+            let req = SendRequest {
+                job_id: a.job.id,
+                campaign_id: a.job.campaign_id,
+                phone: a.job.phone.clone(),
+                send,
+                now_ms,
+            };
+            sends.push((req, a));
+        }
+        if !refused.is_empty() {
+            self.release_all(refused.into_iter()).await;
+        }
+        let d = Dispatch {
+            owner: self.worker_id.clone(),
+            audits,
+            writes: decided
+                .iter()
+                .map(|(job, u)| JobWrite {
+                    job_id: job.id,
+                    guard: Guard::Lease(self.worker_id.clone()),
+                    update: u.clone(),
+                    now_ms,
+                })
+                .collect(),
+            sends: sends.iter().map(|(r, _)| r.clone()).collect(),
+        };
+        let result = match self.store.dispatch(&d).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing of the group was recorded (one transaction): give it back.
+                tracing::warn!(error = %e, jobs = d.writes.len() + d.sends.len(), "dispatch failed; releasing the jobs");
+                let ids: Vec<i64> = decided
+                    .iter()
+                    .map(|(j, _)| j.id)
+                    .chain(sends.iter().map(|(r, _)| r.job_id))
+                    .collect();
+                self.release_all(ids.into_iter()).await;
+                return;
             }
         };
-        let verdict =
-            self.engine
-                .evaluate(&recipient, &campaign.policy, &engine_facts(&facts), now);
-        self.store
-            .insert_audit(&[self.audit(&job, &verdict, "claim")])
-            .await?;
-        if self.apply_verdict(&job, &cname, &verdict, false).await? {
-            return Ok(());
+        {
+            let mut held = self.held.lock().expect("poisoned");
+            for ((job, _), ok) in decided.iter().zip(&result.writes) {
+                if !ok {
+                    tracing::warn!(
+                        job_id = job.id,
+                        "lease lost before the decision was stored; another worker owns the job"
+                    );
+                }
+                held.remove(&job.id);
+            }
         }
-
-        // The attempt: the unresolved one (same key, same body), or a new one
-        // reserved atomically against every cap.
-        let attempt = match job.current_attempt.clone() {
-            Some(a) if matches!(a.placement, Placement::Reserved | Placement::PossiblyPlaced) => a,
-            _ => {
-                let body = serde_json::to_string(&DialRequest {
-                    from_number: campaign.row.from_number.clone(),
-                    to_number: job.phone.clone(),
-                })?;
-                let key = format!("dl_{}", uuid::Uuid::new_v4().simple());
-                let caps: Vec<(u32, i64)> = self
-                    .engine
-                    .caps(&recipient, &campaign.policy, now)
-                    .into_iter()
-                    .map(|c| (c.calls, c.per.as_millis() as i64))
-                    .collect();
-                match self
-                    .store
-                    .reserve_attempt(&job, &key, &body, &caps, ms(now))
-                    .await?
-                {
-                    Reservation::Reserved(a) => a,
-                    Reservation::CapReached { retry_at_ms } => {
-                        metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => cname.clone(), "rule" => "frequency_cap").increment(1);
-                        self.update(
-                            &job,
-                            &JobUpdate {
-                                status: "queued",
-                                due_at_ms: Some(retry_at_ms + jitter_ms(30_000)),
-                                reason: Some("frequency_cap".into()),
-                                reason_source: Some("local"),
-                                ..Default::default()
-                            },
-                        )
-                        .await?;
-                        return Ok(());
+        // Decided jobs free their in-flight slots now.
+        if let Some(p) = permits.split(decided.len()) {
+            drop(p);
+        }
+        for ((_, a), answer) in sends.into_iter().zip(result.sends) {
+            match answer {
+                Dispatched::Sent(attempt) => {
+                    let permit = permits.split(1);
+                    let app = self.clone();
+                    let mut job = a.job;
+                    job.current_attempt = Some(attempt.clone());
+                    let ready = Ready {
+                        job,
+                        campaign: a.campaign,
+                        recipient: a.recipient,
+                        attempt,
+                        probe: a.probe,
+                    };
+                    dials.spawn(async move {
+                        app.dial_sent(ready).await;
+                        drop(permit);
+                    });
+                }
+                Dispatched::CapReached { .. } => {
+                    metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => a.campaign.row.name.clone(), "rule" => "frequency_cap").increment(1);
+                    self.held.lock().expect("poisoned").remove(&a.job.id);
+                    if let Some(p) = permits.split(1) {
+                        drop(p);
+                    }
+                }
+                Dispatched::LeaseLost => {
+                    tracing::warn!(
+                        job_id = a.job.id,
+                        "lease lost before the request was sent; not sending"
+                    );
+                    self.held.lock().expect("poisoned").remove(&a.job.id);
+                    if let Some(p) = permits.split(1) {
+                        drop(p);
                     }
                 }
             }
-        };
-        self.dial_loop(job, campaign, recipient, attempt, probe)
-            .await
+        }
     }
 
     /// Applies a blocking verdict (drop or requeue); returns true if it blocked.
     /// `sent_before`: the attempt was already sent (keep it, it is possibly placed).
     pub(crate) async fn apply_verdict(
-        &self,
+        self: &Arc<Self>,
         job: &ClaimedJob,
         cname: &str,
         v: &Verdict,
         sent_before: bool,
     ) -> anyhow::Result<bool> {
+        match self.verdict_update(job, cname, v, sent_before) {
+            None => Ok(false),
+            Some(u) => {
+                self.update(job, &u).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The job update a blocking verdict makes (drop or requeue), counted in the
+    /// metrics; None when the verdict allows the dial.
+    fn verdict_update(
+        &self,
+        job: &ClaimedJob,
+        cname: &str,
+        v: &Verdict,
+        sent_before: bool,
+    ) -> Option<JobUpdate> {
         match v.outcome {
-            compliance::Outcome::Allow => Ok(false),
+            compliance::Outcome::Allow => None,
             compliance::Outcome::Drop { rule } => {
                 metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => cname.to_owned(), "rule" => rule.as_str()).increment(1);
                 tracing::info!(job_id = job.id, phone = %self.show(&job.phone), rule = rule.as_str(), "pre-flight drop");
-                self.update(
-                    job,
-                    &JobUpdate {
-                        status: "dropped",
-                        reason: Some(rule.as_str().to_owned()),
-                        reason_source: Some("local"),
-                        attempt: unsent_attempt(job, sent_before),
-                        clear_current_attempt: true,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                Ok(true)
+                Some(JobUpdate {
+                    status: "dropped",
+                    reason: Some(rule.as_str().to_owned()),
+                    reason_source: Some("local"),
+                    attempt: unsent_attempt(job, sent_before),
+                    clear_current_attempt: true,
+                    ..Default::default()
+                })
             }
             compliance::Outcome::Requeue { rule, at } => {
                 metrics::counter!(m::PREFLIGHT_BLOCKS, "campaign" => cname.to_owned(), "rule" => rule.as_str()).increment(1);
                 let keep = sent_before || job.current_attempt.as_ref().is_some_and(|a| a.sends > 0);
-                self.update(
-                    job,
-                    &JobUpdate {
-                        status: "queued",
-                        // Jitter: jobs requeued to one window opening must not fire in a burst.
-                        due_at_ms: Some(ms(at) + jitter_ms(60_000)),
-                        reason: Some(rule.as_str().to_owned()),
-                        reason_source: Some("local"),
-                        attempt: unsent_attempt(job, keep),
-                        clear_current_attempt: !keep,
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                Ok(true)
+                Some(JobUpdate {
+                    status: "queued",
+                    // Jitter: jobs requeued to one window opening must not fire in a burst.
+                    due_at_ms: Some(ms(at) + jitter_ms(60_000)),
+                    reason: Some(rule.as_str().to_owned()),
+                    reason_source: Some("local"),
+                    attempt: unsent_attempt(job, keep),
+                    clear_current_attempt: !keep,
+                    ..Default::default()
+                })
             }
         }
     }

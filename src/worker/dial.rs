@@ -16,7 +16,79 @@ fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 impl App {
-    pub(crate) async fn dial_loop(
+    /// The job's key is older than `revdesk.key_ttl`: the decision that settles its
+    /// possibly placed attempt (never re-sent: the vendor may have forgotten the key).
+    pub(crate) fn settle_expired_key(
+        &self,
+        job: &ClaimedJob,
+        campaign: &CampaignCtx,
+        now: DateTime<Utc>,
+    ) -> Option<JobUpdate> {
+        let attempt = job.current_attempt.as_ref()?;
+        if attempt.placement != Placement::PossiblyPlaced {
+            return None;
+        }
+        let pauses = self.pause_counts_snapshot();
+        let ctx = DialContext {
+            settings: &campaign.settings,
+            prior_attempts: prior_attempts(job, attempt),
+            max_attempts: campaign.row.max_attempts.max(1) as u32,
+            possibly_placed: true,
+            attempt_started_at: attempt
+                .first_sent_at_ms
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or(now),
+            provider_retries: job.provider_retries.max(0) as u32,
+            provider_requeues: job.provider_requeues.max(0) as u32,
+            vendor_refusals: job.vendor_refusals.max(0) as u32,
+            next_allowed: None,
+            consecutive_429s: self.consecutive_429s(),
+            breaker_tripped: false,
+            pauses: &pauses,
+        };
+        let d = decision::settle_expired_key(&ctx, now, &mut rand::rng())?;
+        tracing::warn!(
+            job_id = job.id,
+            "idempotency key older than revdesk.key_ttl: settling the attempt as possibly placed"
+        );
+        let mut u = JobUpdate {
+            status: "exhausted",
+            reason: Some("key_expired".into()),
+            reason_source: Some("local"),
+            clear_current_attempt: true,
+            ..Default::default()
+        };
+        if let Action::Requeue { at, .. } = d.action {
+            u.status = "queued";
+            u.due_at_ms = Some(ms(at));
+        }
+        Some(u)
+    }
+
+    /// Dials one dispatched job to a decision. Never leaves the job held: every path
+    /// ends in a decision or a release.
+    pub(crate) async fn dial_sent(self: &Arc<Self>, r: super::app::Ready) {
+        let id = r.job.id;
+        if let Err(e) = self
+            .dial_loop(r.job, r.campaign, r.recipient, r.attempt, r.probe)
+            .await
+        {
+            tracing::error!(job_id = id, error = %e, "job processing failed; releasing the job");
+            if let Err(e) = self
+                .store
+                .release(id, &self.worker_id, ms(self.now()))
+                .await
+            {
+                tracing::error!(job_id = id, error = %e, "release failed; the lease will expire");
+            }
+        }
+        self.held.lock().expect("poisoned").remove(&id);
+    }
+
+    /// The request of an attempt whose send the dispatch already counted, its
+    /// answer's decision, and the same-key retries that decision may ask for (each
+    /// paced, checked against pauses and the time rules, and counted before it leaves).
+    async fn dial_loop(
         self: &Arc<Self>,
         mut job: ClaimedJob,
         campaign: Arc<CampaignCtx>,
@@ -26,74 +98,32 @@ impl App {
     ) -> anyhow::Result<()> {
         let cname = campaign.row.name.clone();
         job.current_attempt = Some(attempt.clone());
-        // A key kept past revdesk.key_ttl is never re-sent (the vendor may have
-        // forgotten it): the attempt is settled as possibly placed, unknown outcome.
-        if attempt.placement == Placement::PossiblyPlaced {
-            let now = self.now();
-            let pauses = self.pause_counts_snapshot();
-            let ctx = DialContext {
-                settings: &campaign.settings,
-                prior_attempts: prior_attempts(&job, &attempt),
-                max_attempts: campaign.row.max_attempts.max(1) as u32,
-                possibly_placed: true,
-                attempt_started_at: attempt
-                    .first_sent_at_ms
-                    .and_then(DateTime::from_timestamp_millis)
-                    .unwrap_or(now),
-                provider_retries: job.provider_retries.max(0) as u32,
-                provider_requeues: job.provider_requeues.max(0) as u32,
-                vendor_refusals: job.vendor_refusals.max(0) as u32,
-                next_allowed: None,
-                consecutive_429s: self.consecutive_429s(),
-                breaker_tripped: false,
-                pauses: &pauses,
-            };
-            let settled = decision::settle_expired_key(&ctx, now, &mut rand::rng());
-            if let Some(d) = settled {
-                tracing::warn!(
-                    job_id = job.id,
-                    "idempotency key older than revdesk.key_ttl: settling the attempt as possibly placed"
-                );
-                let mut u = JobUpdate {
-                    status: "exhausted",
-                    reason: Some("key_expired".into()),
-                    reason_source: Some("local"),
-                    clear_current_attempt: true,
-                    ..Default::default()
-                };
-                if let Action::Requeue { at, .. } = d.action {
-                    u.status = "queued";
-                    u.due_at_ms = Some(ms(at));
-                }
-                self.update(&job, &u).await?;
-                return Ok(());
-            }
-        }
+        let mut counted = true;
         loop {
-            // Pacing: the account rate (shared by live workers) and the campaign's.
-            let waited = tokio::select! {
-                w = self.pacer.until_ready(Some(&cname)) => w,
-                _ = self.cancel.cancelled() => {
-                    self.store.release(job.id, &self.worker_id, ms(self.now())).await?;
-                    return Ok(());
-                }
-            };
-            metrics::histogram!(m::RATE_WAIT).record(waited.as_secs_f64());
-
-            // A pause or halt that began while this job waited: it goes back to the
-            // queue unchanged (SPEC section 8); a probe dial is the exception.
-            if probe.is_none() {
-                let current = self.campaign(job.campaign_id).await?;
-                let paused = current.row.operator_paused || current.row.auto_pause_reason.is_some();
-                let halted = self
-                    .account_halted
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    || self.worker_halt().is_some();
-                if paused || halted {
-                    self.store
-                        .release(job.id, &self.worker_id, ms(self.now()))
-                        .await?;
-                    return Ok(());
+            if !counted {
+                // A retry: pacing, pauses and halts, then the send is counted.
+                let waited = tokio::select! {
+                    w = self.pacer.until_ready(Some(&cname)) => w,
+                    _ = self.cancel.cancelled() => {
+                        self.store.release(job.id, &self.worker_id, ms(self.now())).await?;
+                        return Ok(());
+                    }
+                };
+                metrics::histogram!(m::RATE_WAIT).record(waited.as_secs_f64());
+                if probe.is_none() {
+                    let current = self.campaign(job.campaign_id).await?;
+                    let paused =
+                        current.row.operator_paused || current.row.auto_pause_reason.is_some();
+                    let halted = self
+                        .account_halted
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        || self.worker_halt().is_some();
+                    if paused || halted {
+                        self.store
+                            .release(job.id, &self.worker_id, ms(self.now()))
+                            .await?;
+                        return Ok(());
+                    }
                 }
             }
 
@@ -104,27 +134,31 @@ impl App {
                 self.store
                     .insert_audit(&[self.audit(&job, &tv, "pre_request")])
                     .await?;
-                self.apply_verdict(&job, &cname, &tv, attempt.sends > 0)
+                // A counted send keeps its attempt (and key): it may be re-sent later.
+                self.apply_verdict(&job, &cname, &tv, counted || attempt.sends > 0)
                     .await?;
                 return Ok(());
             }
 
-            if !self
-                .store
-                .mark_sending(job.id, attempt.id, &self.worker_id, ms(now))
-                .await?
-            {
-                tracing::warn!(
-                    job_id = job.id,
-                    "lease lost before the request was sent; not sending"
-                );
-                return Ok(());
+            if !counted {
+                if !self
+                    .store
+                    .mark_sending(job.id, attempt.id, &self.worker_id, ms(now))
+                    .await?
+                {
+                    tracing::warn!(
+                        job_id = job.id,
+                        "lease lost before the request was sent; not sending"
+                    );
+                    return Ok(());
+                }
+                attempt.sends += 1;
+                if attempt.first_sent_at_ms.is_none() {
+                    attempt.first_sent_at_ms = Some(ms(now));
+                }
+                job.current_attempt = Some(attempt.clone());
             }
-            attempt.sends += 1;
-            if attempt.first_sent_at_ms.is_none() {
-                attempt.first_sent_at_ms = Some(ms(now));
-            }
-            job.current_attempt = Some(attempt.clone());
+            counted = false;
             let started = Instant::now();
             let result = self
                 .client
@@ -168,7 +202,7 @@ impl App {
                 pauses: &pauses,
             };
             let d = decision::decide_dial(&result, &ctx, now, &mut rand::rng());
-            self.side_effects(&d, &job, &campaign, &result).await?;
+            self.side_effects(&d, &job, &result).await?;
 
             let (status, response_code, response_category) = response_fields(&result);
             let placement = if d.possibly_placed {
@@ -249,7 +283,8 @@ impl App {
                     self.update(&job, &u).await?;
                     self.pacer.on_success();
                     self.consecutive_429_reset();
-                    self.apply_pending_events(call_id).await?;
+                    // Events that arrived before this 202 was stored are applied by
+                    // the decision's group commit (`App::decide`).
                 }
                 Action::Done => {
                     u.status = "done";
@@ -350,7 +385,6 @@ impl App {
         &self,
         d: &decision::Decision,
         job: &ClaimedJob,
-        campaign: &CampaignCtx,
         result: &DialResult,
     ) -> anyhow::Result<()> {
         if d.preflight_miss {
@@ -375,8 +409,7 @@ impl App {
             self.add_local_dnc(&job.phone, now).await?;
         }
         if d.add_to_opt_outs {
-            self.add_local_opt_out(&job.phone, &campaign.row.name, now)
-                .await?;
+            self.add_local_opt_out(&job.phone, now).await?;
         }
         Ok(())
     }

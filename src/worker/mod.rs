@@ -1,5 +1,6 @@
 //! The worker: claim loop, leases, pacing, dial and decide, outcomes, shutdown.
 pub mod app;
+pub mod batch;
 pub mod breaker;
 mod dial;
 pub mod outcomes;

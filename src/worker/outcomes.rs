@@ -1,55 +1,361 @@
 //! Final outcomes: webhook events (at-least-once, possibly before the 202 is
-//! stored) and reconciliation of calls with no outcome after `outcome_timeout`.
+//! stored) and reconciliation of calls with no outcome after `outcome_timeout`, each
+//! applied in batches; and the group commits of the worker's decisions and of
+//! incoming webhook events (`batch::Batcher`).
 
 use super::app::{ACCOUNT, App, Probe, jitter_ms};
+use super::batch::{BatchError, Batcher};
 use crate::decision::{self, Action, OutcomeContext};
 use crate::metrics as m;
 use crate::revdesk::client::CallLookupError;
 use crate::revdesk::wire::{CallResource, WebhookEvent};
 use crate::store::{
-    AttemptRow, AttemptUpdate, DncRecord, Guard, InboxEvent, JobUpdate, OptOutRecord,
+    AttemptUpdate, DncRecord, Guard, InboxEvent, InboxMark, JobUpdate, JobWrite, OptOutRecord,
+    OutcomeBatch, OutcomeTarget,
 };
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-/// What happened to one outcome, for logs and the webhook metric.
+/// Most writes one group commit takes (a batch is one transaction).
+const GROUP_MAX: usize = 512;
+/// Group commits of one kind written at once.
+const GROUP_PARALLEL: usize = 2;
+/// A stored event not applied after this long is applied by the inbox sweeper.
+const SWEEP_AFTER_MS: i64 = 2_000;
+
+/// A final outcome, owned (from a webhook body or a call lookup).
+#[derive(Debug, Clone)]
+pub enum OwnedOutcome {
+    Call(CallResource),
+    /// `not_found` on reconciliation: the vendor no longer knows the call.
+    NotFound,
+}
+
+impl OwnedOutcome {
+    fn as_outcome(&self) -> decision::Outcome<'_> {
+        match self {
+            OwnedOutcome::Call(c) => decision::Outcome::Call(c),
+            OwnedOutcome::NotFound => decision::Outcome::NotFound,
+        }
+    }
+}
+
+/// One outcome to apply; `event_id` names the stored webhook event it comes from
+/// (settled in the inbox with its result), none for reconciliation.
+#[derive(Debug, Clone)]
+pub struct OutcomeInput {
+    pub call_id: String,
+    pub outcome: OwnedOutcome,
+    pub event_id: Option<String>,
+}
+
+/// What became of one webhook delivery (the `result` label of
+/// `dialer_webhook_events_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// The job moved (done, requeued, dropped, exhausted, campaign paused).
-    Applied,
-    /// The job already had its outcome or is final: recorded on the attempt only.
-    Recorded,
-    /// The call has not ended yet: nothing to do.
-    NotFinal,
+pub enum WebhookResult {
+    /// An event id seen before: acknowledged, not applied again.
+    Duplicate,
+    /// Stored and applied: `applied`, `duplicate_outcome` (the call already had its
+    /// outcome), `not_final`, or `pending` (its 202 is not recorded yet: applied
+    /// when it is).
+    Stored(&'static str),
+    /// Stored, but applying it failed: the inbox sweeper applies it.
+    StoredNotApplied,
 }
 
 impl App {
-    /// Applies an outcome to the attempt and, when it still awaits one, its job.
-    pub async fn apply_outcome(
-        &self,
-        attempt: &AttemptRow,
-        outcome: decision::Outcome<'_>,
-        source: &'static str,
-    ) -> anyhow::Result<Applied> {
-        let now = self.now();
-        let now_ms = now.timestamp_millis();
-        let (code, category) = match outcome {
-            decision::Outcome::Call(c) => (
-                c.failure_code
-                    .clone()
-                    .or_else(|| c.call_outcome.clone())
-                    .or_else(|| c.status.clone())
-                    .unwrap_or_else(|| "completed".into()),
-                c.failure_category.clone(),
-            ),
-            decision::Outcome::NotFound => ("not_found".to_owned(), None),
-        };
-        if let decision::Outcome::Call(c) = outcome {
-            if !c.is_final() {
-                return Ok(Applied::NotFinal);
+    /// The decisions' group commit: each dial task's decision joins the next batch
+    /// (`Store::update_jobs`, set-based on PostgreSQL). After a batch with 202s,
+    /// the events that arrived before those 202s were stored are applied.
+    fn decisions(self: &Arc<Self>) -> &Batcher<JobWrite, bool> {
+        self.decisions_cell().get_or_init(|| {
+            let app = Arc::downgrade(self);
+            Batcher::spawn(
+                "decision",
+                GROUP_MAX,
+                GROUP_PARALLEL,
+                move |writes: Vec<JobWrite>| {
+                    let app = app.upgrade();
+                    async move {
+                        let app = app.ok_or("the worker stopped")?;
+                        let applied = app
+                            .store
+                            .update_jobs(&writes)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let calls: Vec<String> = writes
+                            .iter()
+                            .filter_map(|w| w.update.attempt.as_ref()?.call_id.clone())
+                            .collect();
+                        if !calls.is_empty() {
+                            tokio::spawn(async move { app.apply_pending(calls).await });
+                        }
+                        Ok(applied)
+                    }
+                },
+            )
+        })
+    }
+
+    /// Writes one decision through the group commit; true if its job part applied.
+    pub(crate) async fn decide(self: &Arc<Self>, write: JobWrite) -> anyhow::Result<bool> {
+        Ok(self.decisions().submit(write).await?)
+    }
+
+    /// The webhook events' group commit: events are stored in the inbox in one
+    /// statement per batch, then the new ones are applied in one more transaction.
+    fn webhooks(self: &Arc<Self>) -> &Batcher<(InboxEvent, CallResource), WebhookResult> {
+        self.webhooks_cell().get_or_init(|| {
+            let app = Arc::downgrade(self);
+            Batcher::spawn(
+                "webhook",
+                GROUP_MAX,
+                GROUP_PARALLEL,
+                move |items: Vec<(InboxEvent, CallResource)>| {
+                    let app = app.upgrade();
+                    async move {
+                        let app = app.ok_or("the worker stopped")?;
+                        app.store_and_apply(items).await
+                    }
+                },
+            )
+        })
+    }
+
+    /// Receives one verified webhook event: stored (at-least-once: a repeated id is
+    /// a duplicate), then applied. An error means it was not stored.
+    pub async fn receive_webhook(
+        self: &Arc<Self>,
+        stored: InboxEvent,
+        call: CallResource,
+    ) -> Result<WebhookResult, BatchError> {
+        self.webhooks().submit((stored, call)).await
+    }
+
+    async fn store_and_apply(
+        self: &Arc<Self>,
+        items: Vec<(InboxEvent, CallResource)>,
+    ) -> Result<Vec<WebhookResult>, String> {
+        let (events, calls): (Vec<InboxEvent>, Vec<CallResource>) = items.into_iter().unzip();
+        let new = self
+            .store
+            .inbox_insert_many(&events, self.now().timestamp_millis())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = vec![WebhookResult::Duplicate; events.len()];
+        let mut inputs = Vec::new();
+        let mut index = Vec::new();
+        for (i, ((e, call), is_new)) in events.into_iter().zip(calls).zip(new).enumerate() {
+            if is_new {
+                inputs.push(OutcomeInput {
+                    call_id: e.call_id,
+                    outcome: OwnedOutcome::Call(call),
+                    event_id: Some(e.event_id),
+                });
+                index.push(i);
             }
         }
-        let Some(job) = self.store.job(attempt.job_id).await? else {
-            return Ok(Applied::Recorded);
+        if inputs.is_empty() {
+            return Ok(out);
+        }
+        match self.apply_outcomes(inputs, "webhook").await {
+            Ok(labels) => {
+                for (i, l) in index.into_iter().zip(labels) {
+                    out[i] = WebhookResult::Stored(l);
+                }
+            }
+            Err(e) => {
+                // Stored: the sweeper applies them (or the 202's pending check).
+                tracing::error!(error = %e, events = index.len(), "webhook: applying stored outcomes failed");
+                for i in index {
+                    out[i] = WebhookResult::StoredNotApplied;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies the stored events of calls whose 202s were just recorded.
+    async fn apply_pending(self: Arc<Self>, calls: Vec<String>) {
+        let events = match self.store.inbox_pending_many(&calls).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read events that arrived before their 202; the sweeper applies them");
+                return;
+            }
         };
+        if let Err(e) = self.apply_stored(events).await {
+            tracing::warn!(error = %e, "applying events that arrived before their 202 failed; the sweeper applies them");
+        }
+    }
+
+    /// Applies stored inbox events (their bodies were verified before they were stored).
+    async fn apply_stored(self: &Arc<Self>, events: Vec<InboxEvent>) -> anyhow::Result<usize> {
+        let mut inputs = Vec::with_capacity(events.len());
+        for e in events {
+            match serde_json::from_str::<WebhookEvent>(&e.body) {
+                Ok(ev) => inputs.push(OutcomeInput {
+                    call_id: e.call_id,
+                    outcome: OwnedOutcome::Call(ev.data),
+                    event_id: Some(e.event_id),
+                }),
+                Err(err) => {
+                    tracing::error!(event_id = %e.event_id, error = %err, "a stored webhook event no longer parses; left in the inbox")
+                }
+            }
+        }
+        if inputs.is_empty() {
+            return Ok(0);
+        }
+        let labels = self.apply_outcomes(inputs, "webhook").await?;
+        for l in &labels {
+            metrics::counter!(m::WEBHOOK_EVENTS, "type" => crate::revdesk::wire::PHONE_CALL_ENDED, "result" => *l)
+                .increment(1);
+        }
+        Ok(labels.iter().filter(|l| **l == "applied").count())
+    }
+
+    /// Stored events left unapplied (an apply that failed after the event was
+    /// stored, a race with its 202): applied now. Returns how many applied.
+    pub async fn sweep_inbox(self: &Arc<Self>) -> anyhow::Result<usize> {
+        let before = self.now().timestamp_millis() - SWEEP_AFTER_MS;
+        let events = self.store.inbox_unapplied(before, GROUP_MAX as u32).await?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        tracing::info!(
+            events = events.len(),
+            "applying stored webhook events left unapplied"
+        );
+        self.apply_stored(events).await
+    }
+
+    /// Applies outcomes in one transaction (`Store::apply_outcomes`), returning each
+    /// input's result label in order: `applied` (its job moved), `duplicate_outcome`
+    /// (recorded on the attempt only: the job already had an outcome or is final),
+    /// `not_final`, or `pending` (no 202 recorded for the call yet: the event stays
+    /// in the inbox). One decision per call: a second outcome for a call in the same
+    /// batch is a duplicate.
+    pub async fn apply_outcomes(
+        self: &Arc<Self>,
+        inputs: Vec<OutcomeInput>,
+        source: &'static str,
+    ) -> anyhow::Result<Vec<&'static str>> {
+        let now = self.now();
+        let now_ms = now.timestamp_millis();
+        let mut calls: Vec<String> = inputs.iter().map(|i| i.call_id.clone()).collect();
+        calls.sort_unstable();
+        calls.dedup();
+        let targets: HashMap<String, OutcomeTarget> = self
+            .store
+            .outcome_targets(&calls)
+            .await?
+            .into_iter()
+            .filter_map(|t| t.attempt.call_id.clone().map(|c| (c, t)))
+            .collect();
+        let mut batch = OutcomeBatch {
+            now_ms,
+            ..Default::default()
+        };
+        // Per input: a fixed label, or the index of its job write.
+        let mut labels: Vec<Result<&'static str, usize>> = Vec::with_capacity(inputs.len());
+        // Per job write: the metric labels counted if it applies.
+        let mut counted: Vec<(String, String, String)> = Vec::new();
+        let mut decided: HashSet<String> = HashSet::new();
+        for input in &inputs {
+            let Some(t) = targets.get(&input.call_id) else {
+                labels.push(Ok("pending"));
+                continue;
+            };
+            let (label, write) = self
+                .plan_outcome(t, &input.outcome, source, &mut decided, &mut batch, now)
+                .await?;
+            if let Some((w, metric)) = write {
+                batch.writes.push(w);
+                counted.push(metric);
+                labels.push(Err(batch.writes.len() - 1));
+            } else {
+                labels.push(Ok(label));
+            }
+            if let Some(event_id) = &input.event_id {
+                let (result, write) = match labels.last().expect("just pushed") {
+                    Ok(l) => (Some(*l), None),
+                    Err(i) => (None, Some(*i)),
+                };
+                batch.marks.push(InboxMark {
+                    event_id: event_id.clone(),
+                    result,
+                    write,
+                });
+            }
+        }
+        let applied =
+            if batch.writes.is_empty() && batch.recorded.is_empty() && batch.marks.is_empty() {
+                Vec::new()
+            } else {
+                self.store.apply_outcomes(&batch).await?
+            };
+        for ((campaign, code, category), ok) in counted.into_iter().zip(&applied) {
+            if *ok {
+                metrics::counter!(m::CALL_OUTCOMES, "campaign" => campaign, "code" => code, "category" => category)
+                    .increment(1);
+            }
+        }
+        Ok(labels
+            .into_iter()
+            .map(|l| match l {
+                Ok(l) => l,
+                Err(i) if applied.get(i).copied().unwrap_or(false) => "applied",
+                Err(_) => "duplicate_outcome",
+            })
+            .collect())
+    }
+
+    /// The decision for one outcome of a known call (SPEC section 8, final
+    /// outcomes): a job write guarded by "still awaiting this attempt", or an
+    /// outcome recorded on the attempt only. Pauses and halts it causes are stored
+    /// here. Returns the fixed label, or the write with its metric labels.
+    #[allow(clippy::type_complexity)]
+    async fn plan_outcome(
+        self: &Arc<Self>,
+        t: &OutcomeTarget,
+        outcome: &OwnedOutcome,
+        source: &'static str,
+        decided: &mut HashSet<String>,
+        batch: &mut OutcomeBatch,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<(&'static str, Option<(JobWrite, (String, String, String))>)> {
+        let now_ms = now.timestamp_millis();
+        let attempt = &t.attempt;
+        let (code, category) = match outcome {
+            OwnedOutcome::Call(c) => {
+                if !c.is_final() {
+                    return Ok(("not_final", None));
+                }
+                (
+                    c.failure_code
+                        .clone()
+                        .or_else(|| c.call_outcome.clone())
+                        .or_else(|| c.status.clone())
+                        .unwrap_or_else(|| "completed".into()),
+                    c.failure_category.clone(),
+                )
+            }
+            OwnedOutcome::NotFound => ("not_found".to_owned(), None),
+        };
+        let call_id = attempt.call_id.clone().unwrap_or_default();
+        if !t.awaiting || decided.contains(&call_id) {
+            // A second outcome, or one for a job that is final or no longer awaits
+            // this attempt: recorded on the attempt, nothing else changes.
+            batch.recorded.push(AttemptUpdate {
+                id: attempt.id,
+                outcome_code: Some(code),
+                outcome_category: category,
+                outcome_source: Some(source),
+                ..Default::default()
+            });
+            return Ok(("duplicate_outcome", None));
+        }
         let campaign = self.campaign(attempt.campaign_id).await?;
         let label_code = match crate::revdesk::codes::Code::parse(&code) {
             Some(c) => c.as_str().to_owned(),
@@ -66,28 +372,16 @@ impl App {
                 }
             })
             .unwrap_or_else(|| "none".into());
-
-        let awaiting = job
-            .current_attempt
-            .as_ref()
-            .is_some_and(|a| a.id == attempt.id);
-        if !awaiting {
-            // A second outcome, or one for a final job: record it, change nothing else.
-            self.store
-                .record_outcome_only(attempt.id, &code, category.as_deref(), source, now_ms)
-                .await?;
-            return Ok(Applied::Recorded);
-        }
         let (recent, rejected) =
             self.record_recent_outcome(attempt.campaign_id, code == "carrier_rejected");
         let ctx = OutcomeContext {
             settings: &campaign.settings,
-            attempts: job.attempts.max(1) as u32,
+            attempts: t.job_attempts.max(1) as u32,
             max_attempts: campaign.row.max_attempts.max(1) as u32,
             recent_outcomes: recent,
             recent_carrier_rejected: rejected,
         };
-        let d = decision::decide_outcome(outcome, &ctx, now, &mut rand::rng());
+        let d = decision::decide_outcome(outcome.as_outcome(), &ctx, now, &mut rand::rng());
         if d.unknown_code {
             metrics::counter!(m::UNKNOWN_CODES).increment(1);
         }
@@ -107,7 +401,7 @@ impl App {
             ..Default::default()
         };
         match &d.action {
-            Action::Placed { .. } => return Ok(Applied::NotFinal),
+            Action::Placed { .. } => return Ok(("not_final", None)),
             Action::Done => u.status = "done",
             Action::Requeue { at, reason } => {
                 u.due_at_ms = Some(at.timestamp_millis());
@@ -137,6 +431,7 @@ impl App {
                         now_ms,
                     )
                     .await?;
+                self.invalidate_campaign(attempt.campaign_id);
                 u.due_at_ms = Some(job_due.timestamp_millis() + jitter_ms(30_000));
                 u.reason = Some(reason.as_str().to_owned());
                 u.reason_source = Some("vendor");
@@ -169,76 +464,51 @@ impl App {
                 u.reason = Some("unknown_outcome".into());
             }
         }
-        let applied = self
-            .store
-            .update_job(job.id, &Guard::Awaiting(attempt.id), &u, now_ms)
-            .await?;
-        if applied {
-            metrics::counter!(m::CALL_OUTCOMES, "campaign" => campaign.row.name.clone(), "code" => label_code, "category" => label_cat)
-                .increment(1);
-            Ok(Applied::Applied)
-        } else {
-            Ok(Applied::Recorded)
-        }
-    }
-
-    /// Applies webhook events that arrived before this call's 202 was stored.
-    pub(crate) async fn apply_pending_events(&self, call_id: &str) -> anyhow::Result<()> {
-        for e in self.store.inbox_pending(call_id).await? {
-            self.apply_inbox_event(&e).await?;
-        }
-        Ok(())
-    }
-
-    /// Applies one stored event if its call's 202 is recorded; returns the result label.
-    pub async fn apply_inbox_event(&self, e: &InboxEvent) -> anyhow::Result<&'static str> {
-        let Some(attempt) = self.store.attempt_by_call_id(&e.call_id).await? else {
-            return Ok("pending");
+        decided.insert(call_id);
+        let write = JobWrite {
+            job_id: attempt.job_id,
+            guard: Guard::Awaiting(attempt.id),
+            update: u,
+            now_ms,
         };
-        let event: WebhookEvent = serde_json::from_str(&e.body)?;
-        let result = match self
-            .apply_outcome(&attempt, decision::Outcome::Call(&event.data), "webhook")
-            .await?
-        {
-            Applied::Applied => "applied",
-            Applied::Recorded => "duplicate_outcome",
-            Applied::NotFinal => "not_final",
-        };
-        self.store
-            .inbox_mark_applied(&e.event_id, result, self.now().timestamp_millis())
-            .await?;
-        Ok(result)
+        Ok((
+            "applied",
+            Some((write, (campaign.row.name.clone(), label_code, label_cat))),
+        ))
     }
 
-    /// Calls placed longer than `outcome_timeout` ago with no outcome: ask the vendor.
-    pub async fn reconcile_once(&self) -> anyhow::Result<usize> {
+    /// Calls placed longer than `outcome_timeout` ago whose jobs still await an
+    /// outcome: ask the vendor, and apply the answers in one batch.
+    pub async fn reconcile_once(self: &Arc<Self>) -> anyhow::Result<usize> {
         let before = self.now() - self.settings.outcome_timeout.chrono();
         let attempts = self
             .store
             .unsettled_attempts(before.timestamp_millis(), 200)
             .await?;
-        let mut settled = 0;
+        let mut inputs = Vec::new();
         for a in attempts {
             let Some(call_id) = a.call_id.clone() else {
                 continue;
             };
-            let outcome_owned: Option<CallResource>;
             let outcome = match self.client.get_call(&call_id).await {
-                Ok(call) => {
-                    outcome_owned = Some(call);
-                    decision::Outcome::Call(outcome_owned.as_ref().expect("just set"))
-                }
-                Err(CallLookupError::NotFound) => decision::Outcome::NotFound,
+                Ok(call) => OwnedOutcome::Call(call),
+                Err(CallLookupError::NotFound) => OwnedOutcome::NotFound,
                 Err(e) => {
                     tracing::warn!(call_id = %call_id, error = %e, "reconciliation lookup failed; will retry");
                     continue;
                 }
             };
-            if self.apply_outcome(&a, outcome, "reconcile").await? == Applied::Applied {
-                settled += 1;
-            }
+            inputs.push(OutcomeInput {
+                call_id,
+                outcome,
+                event_id: None,
+            });
         }
-        Ok(settled)
+        if inputs.is_empty() {
+            return Ok(0);
+        }
+        let labels = self.apply_outcomes(inputs, "reconcile").await?;
+        Ok(labels.iter().filter(|l| **l == "applied").count())
     }
 
     pub(crate) async fn add_local_dnc(&self, phone: &str, now_ms: i64) -> anyhow::Result<()> {
@@ -254,13 +524,7 @@ impl App {
         Ok(())
     }
 
-    pub(crate) async fn add_local_opt_out(
-        &self,
-        phone: &str,
-        campaign: &str,
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
-        let _ = campaign;
+    pub(crate) async fn add_local_opt_out(&self, phone: &str, now_ms: i64) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         // The vendor's opt-out is the contact's word: it applies to every campaign.
         tx.send(vec![OptOutRecord {

@@ -66,7 +66,10 @@ impl App {
     pub async fn claim_loop(self: &Arc<Self>, until_idle: bool) -> anyhow::Result<()> {
         let s = &self.settings.worker;
         let sem = Arc::new(Semaphore::new(s.max_in_flight as usize));
-        let mut tasks: JoinSet<()> = JoinSet::new();
+        // Claim again once half a batch's worth of in-flight slots is free.
+        let min_room = (s.batch_size.min(s.max_in_flight) / 2).max(1);
+        // One task per claimed batch; each owns its jobs' dial tasks.
+        let mut batches: JoinSet<()> = JoinSet::new();
         let poll = s.poll_interval.get();
         let lease_ms = s.lease.get().as_millis() as i64;
         let mut idle_rounds = 0u32;
@@ -93,7 +96,7 @@ impl App {
             if self.cancel.is_cancelled() {
                 break;
             }
-            while tasks.try_join_next().is_some() {}
+            while batches.try_join_next().is_some() {}
             let now = self.now();
             let now_ms = now.timestamp_millis();
             let mut probe = None;
@@ -162,9 +165,10 @@ impl App {
                 }
             }
             let permits = sem.available_permits() as u32;
-            if permits == 0 {
+            if permits < min_room {
+                // In flight at the cap: wait until a useful batch's worth is free.
                 tokio::select! {
-                    _ = tasks.join_next() => {},
+                    p = sem.clone().acquire_many_owned(min_room) => drop(p),
                     _ = self.cancel.cancelled() => {},
                 }
                 continue;
@@ -189,7 +193,7 @@ impl App {
                 }
             }
             if claimed.is_empty() {
-                if until_idle && tasks.is_empty() && db!(self.quiescent().await) {
+                if until_idle && batches.is_empty() && db!(self.quiescent().await) {
                     idle_rounds += 1;
                     if idle_rounds >= 2 {
                         break;
@@ -201,6 +205,10 @@ impl App {
                 continue;
             }
             idle_rounds = 0;
+            {
+                let mut held = self.held.lock().expect("poisoned");
+                held.extend(claimed.iter().map(|(j, _)| j.id));
+            }
             let facts = match self.facts_for(&claimed).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -209,32 +217,25 @@ impl App {
                     tracing::warn!(error = %e, "cannot read pre-flight facts; releasing the claimed jobs");
                     for (j, _) in &claimed {
                         let _ = self.store.release(j.id, &self.worker_id, now_ms).await;
+                        self.held.lock().expect("poisoned").remove(&j.id);
                     }
                     self.nap(Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            for (job, p) in claimed {
-                let f = facts
-                    .get(&(job.campaign_id, job.phone.clone()))
-                    .cloned()
-                    .unwrap_or_default();
-                let permit = sem.clone().acquire_owned().await?;
-                self.held.lock().expect("poisoned").insert(job.id);
-                let app = self.clone();
-                tasks.spawn(async move {
-                    app.process(job, f, p).await;
-                    drop(permit);
-                });
-            }
+            // One in-flight slot per claimed job (the claim took no more than are free).
+            let permits = sem.clone().acquire_many_owned(claimed.len() as u32).await?;
+            batches.spawn(self.clone().run_batch(claimed, facts, permits));
         }
         // Stop: finish in-flight jobs within the grace period, then release the rest.
         let grace = self.settings.worker.shutdown_grace.get();
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(grace, async {
+            while batches.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
+            batches.abort_all();
+            while batches.join_next().await.is_some() {}
         }
         let held: Vec<i64> = self.held.lock().expect("poisoned").drain().collect();
         for id in held {
@@ -295,30 +296,12 @@ impl App {
         let beat = lease / 3;
         let mut last_reconcile = std::time::Instant::now();
         let mut last_gauges = std::time::Instant::now() - Duration::from_secs(60);
+        let mut last_beat: Option<std::time::Instant> = None;
+        let tick = beat.min(Duration::from_secs(1));
         loop {
-            let now_ms = self.now().timestamp_millis();
-            if let Err(e) = self
-                .store
-                .heartbeat(&self.worker_id, lease.as_millis() as i64, now_ms)
-                .await
-            {
-                tracing::warn!(error = %e, "heartbeat failed");
-            }
-            match self
-                .store
-                .live_workers(now_ms - lease.as_millis() as i64)
-                .await
-            {
-                Ok(live) => self.pacer.set_share(live.len().max(1) as u32),
-                Err(e) => tracing::warn!(error = %e, "cannot count live workers"),
-            }
-            match self.store.recover_expired_leases(now_ms).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::warn!(jobs = n, "recovered expired leases of a dead worker");
-                    metrics::counter!(m::LEASES_RECOVERED).increment(n);
-                }
-                Err(e) => tracing::warn!(error = %e, "lease recovery failed"),
+            if last_beat.is_none_or(|t| t.elapsed() >= beat) {
+                last_beat = Some(std::time::Instant::now());
+                self.beat_once(lease).await;
             }
             if last_reconcile.elapsed()
                 >= Duration::from_secs(10).min(self.settings.outcome_timeout.get())
@@ -328,14 +311,52 @@ impl App {
                     tracing::warn!(error = %e, "reconciliation failed");
                 }
             }
+            if let Err(e) = self.sweep_inbox().await {
+                tracing::warn!(error = %e, "inbox sweep failed");
+            }
             if last_gauges.elapsed() >= Duration::from_secs(5) {
                 last_gauges = std::time::Instant::now();
                 self.update_gauges().await;
             }
             tokio::select! {
-                _ = tokio::time::sleep(beat) => {},
+                _ = tokio::time::sleep(tick) => {},
                 _ = self.cancel.cancelled() => break,
             }
+        }
+    }
+
+    /// The heartbeat, the live-worker share of the rate, and lease recovery.
+    async fn beat_once(&self, lease: Duration) {
+        let now_ms = self.now().timestamp_millis();
+        let held: Vec<i64> = self
+            .held
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .copied()
+            .collect();
+        if let Err(e) = self
+            .store
+            .heartbeat(&self.worker_id, &held, lease.as_millis() as i64, now_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        match self
+            .store
+            .live_workers(now_ms - lease.as_millis() as i64)
+            .await
+        {
+            Ok(live) => self.pacer.set_share(live.len().max(1) as u32),
+            Err(e) => tracing::warn!(error = %e, "cannot count live workers"),
+        }
+        match self.store.recover_expired_leases(now_ms).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(jobs = n, "recovered expired leases of a dead worker");
+                metrics::counter!(m::LEASES_RECOVERED).increment(n);
+            }
+            Err(e) => tracing::warn!(error = %e, "lease recovery failed"),
         }
     }
 

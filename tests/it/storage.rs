@@ -211,87 +211,168 @@ both_backends! {
 }
 
 both_backends! {
-    /// The batched writes of the worker's group commit (on PostgreSQL set-based
-    /// statements) keep the per-job rules: a reservation counts toward the caps of
-    /// the next one; a send is marked only under the caller's lease; the attempt part
-    /// of a decision always applies and counts once, the job part only under its guard.
-    async fn batched_reservations_marks_and_decisions_keep_the_per_job_rules(db) {
-        use dialer::store::{AttemptUpdate, Guard, JobUpdate, JobWrite, Placement, ReserveRequest, Reservation, SendMark};
-        let id = campaign(&db.store).await;
-        let (_d, path) = write_file("c.csv", b"phone\n2122345601\n2122345602\n2122345603\n");
-        import::import_contacts(&db.store, id, NOW, &path, Box::new(NoProgress)).await.unwrap();
-        let mut jobs = db.store.claim("w1", 10, NOW, 60_000, None).await.unwrap();
-        jobs.sort_by_key(|j| j.id);
-        assert_eq!(jobs.len(), 3);
-        let day = 86_400_000;
-        let req = |j: &dialer::store::ClaimedJob, k: &str| ReserveRequest {
-            job: j.clone(), key: k.into(), body: "{}".into(), caps: vec![(1, day)], now_ms: NOW,
+    /// A dispatch (the worker's one transaction before a group of dials; on
+    /// PostgreSQL set-based statements) keeps the per-job rules: verdicts and
+    /// blocked jobs' decisions are stored with the sends; a new attempt is checked
+    /// against the caps across campaigns, each counting toward the next, and a
+    /// capped job is requeued; a send is recorded and counted only under the
+    /// caller's lease; a resend keeps the key. Then the decisions' batch: the
+    /// attempt part always applies and counts once, the job part only under its
+    /// guard; and outcomes: applied once, a second one only recorded.
+    async fn dispatches_and_batched_decisions_keep_the_per_job_rules(db) {
+        use dialer::store::{
+            AttemptUpdate, AuditRecord, Dispatch, Dispatched, Guard, InboxEvent, InboxMark,
+            JobUpdate, JobWrite, OutcomeBatch, Placement, SendKind, SendRequest,
         };
-        let r = db.store
-            .reserve_attempts(&[req(&jobs[0], "ka"), req(&jobs[1], "kb"), req(&jobs[2], "kc")])
-            .await
-            .unwrap();
-        let attempts: Vec<_> = r.into_iter().map(|x| match x {
-            Reservation::Reserved(a) => a,
-            other => panic!("expected a reservation, got {other:?}"),
-        }).collect();
-        assert_eq!(attempts.iter().map(|a| a.idempotency_key.as_str()).collect::<Vec<_>>(), ["ka", "kb", "kc"]);
-        // The reserved attempt counts: a second one for the same number is capped.
-        match &db.store.reserve_attempts(&[req(&jobs[0], "ka2")]).await.unwrap()[0] {
-            Reservation::CapReached { retry_at_ms } => assert_eq!(*retry_at_ms, NOW + day),
-            other => panic!("cap of 1/24h not applied: {other:?}"),
+        let a = campaign(&db.store).await;
+        let spec = CampaignSpec::parse(&CAMPAIGN.replace("renewals-2026", "winback")).unwrap();
+        let b = db.store.apply_campaign(&spec, NOW).await.unwrap().0.id;
+        let (_d, path) = write_file("a.csv", b"phone\n2122345601\n2122345602\n2122345603\n2122345604\n");
+        import::import_contacts(&db.store, a, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        // The same number as the first job, in another campaign.
+        let (_d2, path2) = write_file("b.csv", b"phone\n2122345601\n");
+        import::import_contacts(&db.store, b, NOW, &path2, Box::new(NoProgress)).await.unwrap();
+        // (On PostgreSQL a claim takes a first import's jobs one campaign at a time.)
+        let mut jobs = Vec::new();
+        loop {
+            let got = db.store.claim("w1", 10, NOW, 60_000, None).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            jobs.extend(got);
         }
+        jobs.sort_by_key(|j| (j.campaign_id, j.id));
+        assert_eq!(jobs.len(), 5);
+        let (j0, j1, j2, j3, other) = (&jobs[0], &jobs[1], &jobs[2], &jobs[3], &jobs[4]);
+        assert_eq!((other.campaign_id, other.phone.as_str()), (b, j0.phone.as_str()));
+        let day = 86_400_000;
+        let new = |j: &dialer::store::ClaimedJob, key: &str| SendRequest {
+            job_id: j.id,
+            campaign_id: j.campaign_id,
+            phone: j.phone.clone(),
+            send: SendKind::New { key: key.into(), body: "{}".into(), caps: vec![(1, day)], requeue_jitter_ms: 7 },
+            now_ms: NOW,
+        };
+        let audit = |j: &dialer::store::ClaimedJob, verdict: &str| AuditRecord {
+            job_id: Some(j.id), campaign_id: Some(j.campaign_id), phone: j.phone.clone(), at_ms: NOW,
+            stage: "claim", verdict: verdict.into(), rule: None, reason: "test".into(), zones: String::new(),
+            states: String::new(), local_times: "[]".into(), next_allowed_ms: None,
+        };
+        let lease = |job_id: i64, owner: &str, update: JobUpdate| JobWrite {
+            job_id, guard: Guard::Lease(owner.into()), update, now_ms: NOW,
+        };
+        let dropped = JobUpdate {
+            status: "dropped", reason: Some("dnc".into()), reason_source: Some("local"), ..Default::default()
+        };
 
-        let marks: Vec<SendMark> = jobs.iter().zip(&attempts)
-            .map(|(j, a)| SendMark { job_id: j.id, attempt_id: a.id, now_ms: NOW }).collect();
-        assert_eq!(db.store.mark_sending_many(&marks, "w2").await.unwrap(), [false, false, false]);
-        assert_eq!(db.store.mark_sending_many(&marks, "w1").await.unwrap(), [true, true, true]);
-        // The single mark (the per-job worker's, one statement on PostgreSQL) keeps
-        // the same rule: only under the caller's lease, and then the send counts.
-        assert!(!db.store.mark_sending(jobs[2].id, attempts[2].id, "w2", NOW).await.unwrap());
-        assert!(db.store.mark_sending(jobs[2].id, attempts[2].id, "w1", NOW).await.unwrap());
-        assert_eq!(db.store.attempt(attempts[2].id).await.unwrap().unwrap().sends, 2, "one send per held mark");
-        assert_eq!(db.store.attempt(attempts[1].id).await.unwrap().unwrap().sends, 1);
+        // Another worker's dispatch records nothing of these jobs.
+        let foreign = db.store.dispatch(&Dispatch {
+            owner: "w2".into(), audits: vec![], writes: vec![lease(j3.id, "w2", dropped.clone())],
+            sends: vec![new(j1, "kx")],
+        }).await.unwrap();
+        assert_eq!((foreign.writes, foreign.sends), (vec![false], vec![Dispatched::LeaseLost]));
 
-        let placed = |a: &dialer::store::AttemptRow, call: &str| AttemptUpdate {
-            id: a.id, placement: Some(Placement::Placed), call_id: Some(call.into()),
+        // The first job and the other campaign's job share a number: with a cap of
+        // 1 per day the one dispatched first (same number, either order) is sent and
+        // the other requeued until the window passes.
+        let r = db.store.dispatch(&Dispatch {
+            owner: "w1".into(),
+            audits: vec![audit(j0, "allow"), audit(j1, "allow"), audit(j2, "allow"), audit(j3, "drop")],
+            writes: vec![lease(j3.id, "w1", dropped.clone())],
+            sends: vec![new(j0, "k0"), new(j1, "k1"), new(j2, "k2"), new(other, "ko")],
+        }).await.unwrap();
+        assert_eq!(r.writes, [true]);
+        let sent: Vec<_> = r.sends[..3].iter().map(|x| match x {
+            Dispatched::Sent(at) => at.clone(),
+            other => panic!("expected a send, got {other:?}"),
+        }).collect();
+        assert_eq!(sent.iter().map(|x| (x.idempotency_key.as_str(), x.sends, x.placement)).collect::<Vec<_>>(),
+            [("k0", 1, Placement::Reserved), ("k1", 1, Placement::Reserved), ("k2", 1, Placement::Reserved)]);
+        assert_eq!(r.sends[3], Dispatched::CapReached { retry_at_ms: NOW + day }, "the cap counts across campaigns");
+        let capped = db.store.job(other.id).await.unwrap().unwrap();
+        assert!(capped.current_attempt.is_none());
+        let st = db.store.status(None, NOW).await.unwrap();
+        let by_name = |n: &str| st.campaigns.iter().find(|c| c.name == n).unwrap().clone();
+        assert_eq!(by_name("winback").jobs["queued"], 1);
+        assert_eq!((by_name("renewals-2026").jobs["dialing"], by_name("renewals-2026").jobs["dropped"]), (3, 1));
+        assert_eq!(db.store.claim("w9", 10, NOW + day + 6, 60_000, None).await.unwrap().len(), 0, "due before the jitter");
+        assert_eq!(db.store.claim("w9", 10, NOW + day + 7, 60_000, None).await.unwrap().len(), 1);
+
+        // A resend keeps the key and counts one more send.
+        let re = db.store.dispatch(&Dispatch {
+            owner: "w1".into(), audits: vec![], writes: vec![],
+            sends: vec![SendRequest { job_id: j2.id, campaign_id: a, phone: j2.phone.clone(),
+                send: SendKind::Resend { attempt_id: sent[2].id }, now_ms: NOW }],
+        }).await.unwrap();
+        match &re.sends[0] {
+            Dispatched::Sent(x) => assert_eq!((x.idempotency_key.as_str(), x.sends), ("k2", 2)),
+            other => panic!("expected a resend, got {other:?}"),
+        }
+        // The per-job mark (a retry) follows the same lease rule.
+        assert!(!db.store.mark_sending(j2.id, sent[2].id, "w2", NOW).await.unwrap());
+        assert!(db.store.mark_sending(j2.id, sent[2].id, "w1", NOW).await.unwrap());
+        assert_eq!(db.store.attempt(sent[2].id).await.unwrap().unwrap().sends, 3);
+
+        let placed = |x: &dialer::store::AttemptRow, call: &str| AttemptUpdate {
+            id: x.id, placement: Some(Placement::Placed), call_id: Some(call.into()),
             response_status: Some(202), ..Default::default()
         };
-        let write = |job_id: i64, guard: Guard, update: JobUpdate| JobWrite { job_id, guard, update, now_ms: NOW };
         let applied = db.store.update_jobs(&[
-            write(jobs[0].id, Guard::Lease("w1".into()), JobUpdate {
-                status: "awaiting_outcome", attempt: Some(placed(&attempts[0], "call_a")), ..Default::default()
-            }),
+            lease(j0.id, "w1", JobUpdate { status: "awaiting_outcome", attempt: Some(placed(&sent[0], "call_a")), ..Default::default() }),
             // Lease lost: the 202 is still recorded and counted, the job is not moved.
-            write(jobs[1].id, Guard::Lease("w2".into()), JobUpdate {
-                status: "awaiting_outcome", attempt: Some(placed(&attempts[1], "call_b")), ..Default::default()
-            }),
-            write(jobs[2].id, Guard::Lease("w1".into()), JobUpdate {
+            lease(j1.id, "w2", JobUpdate { status: "awaiting_outcome", attempt: Some(placed(&sent[1], "call_b")), ..Default::default() }),
+            lease(j2.id, "w1", JobUpdate {
                 status: "dropped", reason: Some("invalid_number".into()), reason_source: Some("vendor"),
-                attempt: Some(AttemptUpdate { id: attempts[2].id, placement: Some(Placement::NotPlaced), ..Default::default() }),
+                attempt: Some(AttemptUpdate { id: sent[2].id, placement: Some(Placement::NotPlaced), ..Default::default() }),
                 clear_current_attempt: true, ..Default::default()
             }),
         ]).await.unwrap();
         assert_eq!(applied, [true, false, true]);
-        let a = db.store.job(jobs[0].id).await.unwrap().unwrap();
-        assert_eq!(a.attempts, 1);
-        let cur = a.current_attempt.unwrap();
+        let x = db.store.job(j0.id).await.unwrap().unwrap();
+        assert_eq!(x.attempts, 1);
+        let cur = x.current_attempt.unwrap();
         assert_eq!((cur.placement, cur.call_id.as_deref(), cur.sends), (Placement::Placed, Some("call_a"), 1));
-        let b = db.store.job(jobs[1].id).await.unwrap().unwrap();
-        assert_eq!(b.attempts, 1, "a placed attempt counts even when the job part did not apply");
-        assert_eq!(db.store.attempt(attempts[1].id).await.unwrap().unwrap().call_id.as_deref(), Some("call_b"));
-        let c = db.store.job(jobs[2].id).await.unwrap().unwrap();
-        assert_eq!((c.attempts, c.current_attempt.is_none()), (0, true));
-        assert_eq!(db.store.attempt(attempts[2].id).await.unwrap().unwrap().placement, Placement::NotPlaced);
+        let y = db.store.job(j1.id).await.unwrap().unwrap();
+        assert_eq!(y.attempts, 1, "a placed attempt counts even when the job part did not apply");
+        let z = db.store.job(j2.id).await.unwrap().unwrap();
+        assert_eq!((z.attempts, z.current_attempt.is_none()), (0, true));
+        assert_eq!(db.store.attempt(sent[2].id).await.unwrap().unwrap().placement, Placement::NotPlaced);
 
-        // The outcome guard: applies once while the job awaits this attempt.
-        let done = || write(jobs[0].id, Guard::Awaiting(attempts[0].id), JobUpdate {
-            status: "done", clear_current_attempt: true, ..Default::default()
-        });
-        assert_eq!(db.store.update_jobs(&[done()]).await.unwrap(), [true]);
-        assert_eq!(db.store.update_jobs(&[done()]).await.unwrap(), [false]);
+        // Outcomes: an event before its 202 is pending; the job's outcome applies
+        // once (the guard), a second outcome is recorded on the attempt only.
+        let ev = |id: &str, call: &str| InboxEvent { event_id: id.into(), call_id: call.into(), body: "{}".into() };
+        assert_eq!(db.store.inbox_insert_many(&[ev("e1", "call_a"), ev("e1", "call_a"), ev("e2", "call_zz")], NOW).await.unwrap(),
+            [true, false, true], "the first of a repeated id in one batch is stored");
+        assert_eq!(db.store.inbox_insert_many(&[ev("e1", "call_a")], NOW).await.unwrap(), [false], "a repeated event id");
+        assert_eq!(db.store.inbox_pending_many(&["call_a".into()]).await.unwrap().len(), 1);
+        let targets = db.store.outcome_targets(&["call_a".into(), "call_b".into(), "call_zz".into()]).await.unwrap();
+        let t = |c: &str| targets.iter().find(|t| t.attempt.call_id.as_deref() == Some(c)).cloned();
+        assert_eq!(t("call_a").map(|t| (t.awaiting, t.job_attempts)), Some((true, 1)));
+        assert_eq!(t("call_b").map(|t| t.awaiting), Some(false), "its job did not take the 202");
+        assert!(t("call_zz").is_none());
+        let outcome = |code: &str| AttemptUpdate {
+            id: sent[0].id, outcome_code: Some(code.into()), outcome_source: Some("webhook"), ..Default::default()
+        };
+        let done = || JobWrite {
+            job_id: j0.id, guard: Guard::Awaiting(sent[0].id),
+            update: JobUpdate { status: "done", attempt: Some(outcome("completed")), clear_current_attempt: true, ..Default::default() },
+            now_ms: NOW,
+        };
+        let batch = OutcomeBatch {
+            writes: vec![done()], recorded: vec![],
+            marks: vec![InboxMark { event_id: "e1".into(), result: None, write: Some(0) }], now_ms: NOW,
+        };
+        assert_eq!(db.store.apply_outcomes(&batch).await.unwrap(), [true]);
+        assert_eq!(db.store.apply_outcomes(&batch).await.unwrap(), [false], "an outcome applies once");
+        assert!(db.store.inbox_pending_many(&["call_a".into()]).await.unwrap().is_empty());
+        assert!(db.store.inbox_unapplied(NOW + 1, 10).await.unwrap().is_empty(), "call_zz has no 202: not swept");
+        let recorded = OutcomeBatch { recorded: vec![outcome("busy")], now_ms: NOW, ..Default::default() };
+        db.store.apply_outcomes(&recorded).await.unwrap();
+        assert_eq!(db.store.attempt(sent[0].id).await.unwrap().unwrap().outcome_code.as_deref(), Some("completed"),
+            "the first outcome stays");
         let st = db.store.status(None, NOW).await.unwrap();
-        assert_eq!((st.campaigns[0].jobs["done"], st.campaigns[0].jobs["dropped"], st.campaigns[0].jobs["dialing"]), (1, 1, 1));
+        let r = st.campaigns.iter().find(|c| c.name == "renewals-2026").unwrap();
+        assert_eq!((r.jobs["done"], r.jobs["dropped"], r.jobs["dialing"]), (1, 2, 1));
     }
 }
 
@@ -366,5 +447,28 @@ both_backends! {
         assert!(!ids.contains(&requeued), "claimed before its due time");
         let third = db.store.claim("w9", 10, NOW + 1, 60_000, None).await.unwrap();
         assert_eq!(third.iter().map(|j| j.id).collect::<Vec<_>>(), [requeued]);
+    }
+}
+
+both_backends! {
+    /// The heartbeat renews only the leases of jobs the worker's tasks still hold: a
+    /// job whose task gave up without a decision or a release (the database was down)
+    /// expires and is recovered like a dead worker's, instead of staying leased to a
+    /// live worker for good.
+    async fn the_heartbeat_renews_only_held_jobs_so_an_abandoned_one_is_recovered(db) {
+        let id = campaign(&db.store).await;
+        let (_d, path) = write_file("c.csv", b"phone\n2122345601\n2122345602\n");
+        import::import_contacts(&db.store, id, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        let mut jobs = db.store.claim("w1", 10, NOW, 1, None).await.unwrap();
+        jobs.sort_by_key(|j| j.id);
+        assert_eq!(jobs.len(), 2);
+        db.store.heartbeat("w1", &[jobs[0].id], 600_000, NOW + 10).await.unwrap();
+        // PostgreSQL leases run on the database clock: let the 1 ms lease pass.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(db.store.recover_expired_leases(NOW + 20).await.unwrap(), 1);
+        let st = db.store.status(None, NOW).await.unwrap();
+        assert_eq!((st.campaigns[0].jobs["running"], st.campaigns[0].jobs["queued"]), (1, 1));
+        let again = db.store.claim("w2", 10, NOW + 20, 60_000, None).await.unwrap();
+        assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), [jobs[1].id], "the abandoned job, not the held one");
     }
 }
