@@ -168,6 +168,9 @@ pub struct WebhookSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: String,
+    /// Inbound connections kept open between requests (HTTP keep-alive); one
+    /// accepted while this many are open is closed after its response.
+    pub keep_alive_connections: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -14,6 +14,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -22,6 +26,78 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(app)
+}
+
+/// Serves `router` on `listener` until `stop` fires, then lets open requests finish
+/// (each connection closes after its current response) and returns once every
+/// connection has closed.
+///
+/// HTTP/1 keep-alive is decided per connection: while `keep_alive` connections are
+/// open, a newly accepted one is served and closed after its response. A burst of
+/// webhook deliveries (RevDesk sends each outcome on its own request, all at once)
+/// then leaves at most `keep_alive` idle connections behind instead of hundreds,
+/// each holding buffers: about 9 MiB of the worker's RSS with 1,000 dials in flight
+/// (docs/benchmarks.md, Load). Every connection is still accepted and answered, so
+/// no delivery waits on another's idle connection.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    keep_alive: usize,
+    stop: CancellationToken,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    /// Counts a connection as open until it is dropped.
+    struct Open(Arc<AtomicUsize>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    let open = Arc::new(AtomicUsize::new(0));
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "http: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let keep = open.fetch_add(1, Ordering::Relaxed) < keep_alive;
+        let guard = Open(open.clone());
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let conn = http1::Builder::new()
+                .keep_alive(keep)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "http: connection ended with an error");
+                    }
+                }
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                }
+            }
+            drop(guard);
+        });
+    }
+    connections.close();
+    connections.wait().await;
 }
 
 fn count(kind: &str, result: &'static str) {
@@ -120,5 +196,73 @@ async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
     match app.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Sends one `GET /` on `conn` and returns the response head, lowercased.
+    async fn request(conn: &mut TcpStream) -> String {
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // The body is "ok": the response ends with it.
+        while !buf.ends_with(b"\r\n\r\nok") {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before the response ended");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(buf).unwrap().to_lowercase()
+    }
+
+    /// True when the server has closed `conn` (EOF on the next read).
+    async fn closed(conn: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(conn.read(&mut byte).await, Ok(0) | Err(_))
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_keep_alive_bound_are_answered_then_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let server = tokio::spawn(serve(listener, router, 1, stop.clone()));
+
+        // The first connection is kept alive: two requests on it.
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert!(!request(&mut first).await.contains("connection: close"));
+        assert!(!request(&mut first).await.contains("connection: close"));
+
+        // While it is open, another one is answered, told so, and closed.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert!(request(&mut second).await.contains("connection: close"));
+        assert!(closed(&mut second).await);
+
+        // Once the first has gone, a new connection is kept alive again.
+        drop(first);
+        let mut third = None;
+        for _ in 0..1_000 {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            if !request(&mut c).await.contains("connection: close") {
+                third = Some(c);
+                break;
+            }
+            // The server has not yet seen the first connection's close.
+            tokio::task::yield_now().await;
+        }
+        let mut third = third.expect("a connection kept alive once the first closed");
+        assert!(!request(&mut third).await.contains("connection: close"));
+
+        // Stopping closes the open connection and returns.
+        stop.cancel();
+        assert!(closed(&mut third).await);
+        server.await.unwrap();
     }
 }

@@ -72,11 +72,8 @@ pub async fn serve(
     let router = crate::http::router(app.clone());
     let http = tokio::spawn({
         let c = http_cancel.clone();
-        async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(c.cancelled_owned())
-                .await
-        }
+        let keep_alive = app.settings.http.keep_alive_connections as usize;
+        async move { crate::http::serve(listener, router, keep_alive, c).await }
     });
     let maint = tokio::spawn({
         let app = app.clone();
