@@ -698,13 +698,13 @@ impl App {
                     let app = self.clone();
                     let mut job = a.job;
                     job.current_attempt = Some(attempt.clone());
-                    let ready = Ready {
+                    let ready = Box::new(Ready {
                         job,
                         campaign: a.campaign,
                         recipient: a.recipient,
                         attempt,
                         probe: a.probe,
-                    };
+                    });
                     dials.spawn(async move {
                         app.dial_sent(ready).await;
                         drop(permit);

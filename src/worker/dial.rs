@@ -1,8 +1,7 @@
 //! The dial of one attempt: pacing, the time rules again right before every
 //! request, the request, and the decision on its answer (retries included).
 
-use super::app::{ACCOUNT, App, CampaignCtx, Probe, jitter_ms};
-use crate::compliance::Recipient;
+use super::app::{ACCOUNT, App, CampaignCtx, jitter_ms};
 use crate::decision::{self, Action, Counter, DialContext};
 use crate::metrics as m;
 use crate::revdesk::wire::DialResult;
@@ -67,12 +66,13 @@ impl App {
 
     /// Dials one dispatched job to a decision. Never leaves the job held: every path
     /// ends in a decision or a release.
-    pub(crate) async fn dial_sent(self: &Arc<Self>, r: super::app::Ready) {
+    ///
+    /// The job's state stays in its box (`r`): a dial task's future holds a pointer
+    /// to it instead of copies at every level, which is what a thousand dials in
+    /// flight cost in memory (docs/benchmarks.md, Load).
+    pub(crate) async fn dial_sent(self: &Arc<Self>, mut r: Box<super::app::Ready>) {
         let id = r.job.id;
-        if let Err(e) = self
-            .dial_loop(r.job, r.campaign, r.recipient, r.attempt, r.probe)
-            .await
-        {
+        if let Err(e) = self.dial_loop(&mut r).await {
             tracing::error!(job_id = id, error = %e, "job processing failed; releasing the job");
             if let Err(e) = self
                 .store
@@ -88,14 +88,14 @@ impl App {
     /// The request of an attempt whose send the dispatch already counted, its
     /// answer's decision, and the same-key retries that decision may ask for (each
     /// paced, checked against pauses and the time rules, and counted before it leaves).
-    async fn dial_loop(
-        self: &Arc<Self>,
-        mut job: ClaimedJob,
-        campaign: Arc<CampaignCtx>,
-        recipient: Recipient,
-        mut attempt: AttemptRow,
-        probe: Option<Probe>,
-    ) -> anyhow::Result<()> {
+    async fn dial_loop(self: &Arc<Self>, r: &mut super::app::Ready) -> anyhow::Result<()> {
+        let super::app::Ready {
+            job,
+            campaign,
+            recipient,
+            attempt,
+            probe,
+        } = r;
         let cname = campaign.row.name.clone();
         job.current_attempt = Some(attempt.clone());
         let mut counted = true;
@@ -103,7 +103,7 @@ impl App {
             if !counted {
                 // A retry: pacing, pauses and halts, then the send is counted.
                 let waited = tokio::select! {
-                    w = self.pacer.until_ready(Some(&cname)) => w,
+                    w = Box::pin(self.pacer.until_ready(Some(&cname))) => w,
                     _ = self.cancel.cancelled() => {
                         self.store.release(job.id, &self.worker_id, ms(self.now())).await?;
                         return Ok(());
@@ -111,7 +111,7 @@ impl App {
                 };
                 metrics::histogram!(m::RATE_WAIT).record(waited.as_secs_f64());
                 if probe.is_none() {
-                    let current = self.campaign(job.campaign_id).await?;
+                    let current = Box::pin(self.campaign(job.campaign_id)).await?;
                     let paused =
                         current.row.operator_paused || current.row.auto_pause_reason.is_some();
                     let halted = self
@@ -129,13 +129,13 @@ impl App {
 
             // The time rules again, immediately before the request (SPEC section 6).
             let now = self.now();
-            let tv = self.engine.evaluate_time(&recipient, &campaign.policy, now);
+            let tv = self.engine.evaluate_time(recipient, &campaign.policy, now);
             if !tv.is_allow() {
                 self.store
-                    .insert_audit(&[self.audit(&job, &tv, "pre_request")])
+                    .insert_audit(&[self.audit(job, &tv, "pre_request")])
                     .await?;
                 // A counted send keeps its attempt (and key): it may be re-sent later.
-                self.apply_verdict(&job, &cname, &tv, counted || attempt.sends > 0)
+                Box::pin(self.apply_verdict(job, &cname, &tv, counted || attempt.sends > 0))
                     .await?;
                 return Ok(());
             }
@@ -181,12 +181,11 @@ impl App {
                 let floor = now
                     + chrono::Duration::from_std(campaign.settings.compliance_min)
                         .unwrap_or_default();
-                self.engine
-                    .next_allowed(&recipient, &campaign.policy, floor)
+                self.engine.next_allowed(recipient, &campaign.policy, floor)
             };
             let ctx = DialContext {
                 settings: &campaign.settings,
-                prior_attempts: prior_attempts(&job, &attempt),
+                prior_attempts: prior_attempts(job, attempt),
                 max_attempts: campaign.row.max_attempts.max(1) as u32,
                 possibly_placed: attempt.placement == Placement::PossiblyPlaced,
                 attempt_started_at: attempt
@@ -202,7 +201,7 @@ impl App {
                 pauses: &pauses,
             };
             let d = decision::decide_dial(&result, &ctx, now, &mut rand::rng());
-            self.side_effects(&d, &job, &result).await?;
+            Box::pin(self.side_effects(&d, job, &result)).await?;
 
             let (status, response_code, response_category) = response_fields(&result);
             let placement = if d.possibly_placed {
@@ -250,7 +249,7 @@ impl App {
                     u.status = "running";
                     u.attempt = Some(au);
                     u.clear_current_attempt = false;
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                     if d.counter == Some(Counter::ProviderRetry) {
                         job.provider_retries += 1;
                     }
@@ -280,7 +279,7 @@ impl App {
                     u.status = "awaiting_outcome";
                     u.attempt = Some(au);
                     u.clear_current_attempt = false;
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                     self.pacer.on_success();
                     self.consecutive_429_reset();
                     // Events that arrived before this 202 was stored are applied by
@@ -290,14 +289,14 @@ impl App {
                     u.status = "done";
                     u.attempt = Some(au);
                     u.clear_current_attempt = true;
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                 }
                 Action::Requeue { at, reason } => {
                     u.due_at_ms = Some(ms(*at));
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");
                     u.attempt = Some(au);
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                 }
                 Action::Drop { reason, source } => {
                     u.status = "dropped";
@@ -312,14 +311,14 @@ impl App {
                             "dropped for a reason that may not be the contact's; `dialer campaign requeue` undoes it"
                         );
                     }
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                 }
                 Action::Exhausted => {
                     u.status = "exhausted";
                     u.reason = Some("max_attempts".into());
                     u.attempt = Some(au);
                     u.clear_current_attempt = true;
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                 }
                 Action::PauseCampaign {
                     reason,
@@ -336,7 +335,7 @@ impl App {
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");
                     u.attempt = Some(au);
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                 }
                 Action::HaltAccount {
                     reason,
@@ -354,7 +353,7 @@ impl App {
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");
                     u.attempt = Some(au);
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                 }
                 Action::HaltWorker {
                     reason,
@@ -362,18 +361,18 @@ impl App {
                     job_due,
                 } => {
                     tracing::error!(reason = reason.as_str(), code = %code, "halting this worker's dialing: configuration or credential fault");
-                    self.set_worker_halt(Some((reason.as_str().to_owned(), *probe_at)))
+                    Box::pin(self.set_worker_halt(Some((reason.as_str().to_owned(), *probe_at))))
                         .await;
                     u.due_at_ms = Some(ms(*job_due));
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");
                     u.attempt = Some(au);
-                    self.update(&job, &u).await?;
+                    Box::pin(self.update(job, &u)).await?;
                 }
             }
-            if let Some(p) = probe {
+            if let Some(p) = *probe {
                 if probe_ok {
-                    self.probe_succeeded(p, job.campaign_id).await?;
+                    Box::pin(self.probe_succeeded(p, job.campaign_id)).await?;
                 }
             }
             return Ok(());
@@ -406,10 +405,10 @@ impl App {
         }
         let now = ms(self.now());
         if d.add_to_dnc {
-            self.add_local_dnc(&job.phone, now).await?;
+            Box::pin(self.add_local_dnc(&job.phone, now)).await?;
         }
         if d.add_to_opt_outs {
-            self.add_local_opt_out(&job.phone, now).await?;
+            Box::pin(self.add_local_opt_out(&job.phone, now)).await?;
         }
         Ok(())
     }
