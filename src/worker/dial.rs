@@ -15,6 +15,35 @@ fn ms(t: DateTime<Utc>) -> i64 {
 }
 
 impl App {
+    /// The decision table's view of a job and its current attempt (SPEC sections 7
+    /// and 8), with no next allowed time and the breaker not tripped.
+    fn dial_context<'a>(
+        &self,
+        job: &ClaimedJob,
+        attempt: &AttemptRow,
+        campaign: &'a CampaignCtx,
+        pauses: &'a decision::PauseCounts,
+        now: DateTime<Utc>,
+    ) -> DialContext<'a> {
+        DialContext {
+            settings: &campaign.settings,
+            prior_attempts: prior_attempts(job, attempt),
+            max_attempts: campaign.row.max_attempts.max(1) as u32,
+            possibly_placed: attempt.placement == Placement::PossiblyPlaced,
+            attempt_started_at: attempt
+                .first_sent_at_ms
+                .and_then(DateTime::from_timestamp_millis)
+                .unwrap_or(now),
+            provider_retries: job.provider_retries.max(0) as u32,
+            provider_requeues: job.provider_requeues.max(0) as u32,
+            vendor_refusals: job.vendor_refusals.max(0) as u32,
+            next_allowed: None,
+            consecutive_429s: self.consecutive_429s(),
+            breaker_tripped: false,
+            pauses,
+        }
+    }
+
     /// The job's key is older than `revdesk.key_ttl`: the decision that settles its
     /// possibly placed attempt (never re-sent: the vendor may have forgotten the key).
     pub(crate) fn settle_expired_key(
@@ -28,23 +57,7 @@ impl App {
             return None;
         }
         let pauses = self.pause_counts_snapshot();
-        let ctx = DialContext {
-            settings: &campaign.settings,
-            prior_attempts: prior_attempts(job, attempt),
-            max_attempts: campaign.row.max_attempts.max(1) as u32,
-            possibly_placed: true,
-            attempt_started_at: attempt
-                .first_sent_at_ms
-                .and_then(DateTime::from_timestamp_millis)
-                .unwrap_or(now),
-            provider_retries: job.provider_retries.max(0) as u32,
-            provider_requeues: job.provider_requeues.max(0) as u32,
-            vendor_refusals: job.vendor_refusals.max(0) as u32,
-            next_allowed: None,
-            consecutive_429s: self.consecutive_429s(),
-            breaker_tripped: false,
-            pauses: &pauses,
-        };
+        let ctx = self.dial_context(job, attempt, campaign, &pauses, now);
         let d = decision::settle_expired_key(&ctx, now, &mut rand::rng())?;
         tracing::warn!(
             job_id = job.id,
@@ -184,21 +197,9 @@ impl App {
                 self.engine.next_allowed(recipient, &campaign.policy, floor)
             };
             let ctx = DialContext {
-                settings: &campaign.settings,
-                prior_attempts: prior_attempts(job, attempt),
-                max_attempts: campaign.row.max_attempts.max(1) as u32,
-                possibly_placed: attempt.placement == Placement::PossiblyPlaced,
-                attempt_started_at: attempt
-                    .first_sent_at_ms
-                    .and_then(DateTime::from_timestamp_millis)
-                    .unwrap_or(now),
-                provider_retries: job.provider_retries.max(0) as u32,
-                provider_requeues: job.provider_requeues.max(0) as u32,
-                vendor_refusals: job.vendor_refusals.max(0) as u32,
                 next_allowed,
-                consecutive_429s: self.consecutive_429s(),
                 breaker_tripped: tripped,
-                pauses: &pauses,
+                ..self.dial_context(job, attempt, campaign, &pauses, now)
             };
             let d = decision::decide_dial(&result, &ctx, now, &mut rand::rng());
             Box::pin(self.side_effects(&d, job, &result)).await?;
