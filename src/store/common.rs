@@ -172,6 +172,7 @@ macro_rules! shared_sql {
                 return Err(StoreError::Invalid("import aborted before the end of the file: nothing loaded".into()));
             }
             tx.commit().await?;
+            super::analyze_after_load(pool, "dnc_numbers").await;
             Ok(loaded)
         }
 
@@ -206,6 +207,7 @@ macro_rules! shared_sql {
                 return Err(StoreError::Invalid("import aborted before the end of the file: nothing loaded".into()));
             }
             tx.commit().await?;
+            super::analyze_after_load(pool, "opt_outs").await;
             Ok(loaded)
         }
 
@@ -246,6 +248,7 @@ macro_rules! shared_sql {
                 return Err(StoreError::Invalid("import aborted before the end of the file: nothing loaded".into()));
             }
             tx.commit().await?;
+            super::analyze_after_load(pool, "consents").await;
             Ok(loaded)
         }
 
@@ -342,20 +345,9 @@ macro_rules! shared_sql {
 
             // Counted calls: placed, possibly placed, or reserved (about to be sent),
             // in every campaign (SPEC section 6, frequency cap).
-            let mut qb = QueryBuilder::<$DB>::new(
-                "SELECT phone, created_at_ms FROM attempts WHERE placement <> 'not_placed' AND created_at_ms >= ",
-            );
-            qb.push_bind(counted_since_ms);
-            qb.push(" AND phone IN (");
-            let mut sep = qb.separated(", ");
-            for p in phones {
-                sep.push_bind(p.clone());
-            }
-            qb.push(") ORDER BY created_at_ms");
-            for r in qb.build().fetch_all(pool).await? {
-                let phone: String = r.try_get("phone")?;
+            for (phone, at) in super::counted_calls(pool, phones, counted_since_ms - 1).await? {
                 if let Some(&i) = index.get(phone.as_str()) {
-                    out[i].counted_calls_ms.push(r.try_get("created_at_ms")?);
+                    out[i].counted_calls_ms.push(at);
                 }
             }
             Ok(out)

@@ -13,6 +13,31 @@ mod sql {
     crate::store::common::shared_sql!(sqlx::Sqlite, sqlx::SqlitePool, sqlx::sqlite::SqliteRow);
 }
 
+/// Nothing on SQLite: its planner takes an index for an equality or `IN` on the
+/// indexed column without statistics, and its ANALYZE reads the whole table.
+pub(crate) async fn analyze_after_load(_pool: &SqlitePool, _table: &'static str) {}
+
+/// The counted calls (SPEC section 6, frequency cap: placed, possibly placed or
+/// reserved, in every campaign) of `phones` created after `after_ms`, by number,
+/// oldest first (SQLite plans `phone IN (...)` as one index probe per number).
+pub(crate) async fn counted_calls(
+    pool: &SqlitePool,
+    phones: &[String],
+    after_ms: i64,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
+        "SELECT phone, created_at_ms FROM attempts WHERE placement <> 'not_placed' AND created_at_ms > ",
+    );
+    qb.push_bind(after_ms);
+    qb.push(" AND phone IN (");
+    let mut sep = qb.separated(", ");
+    for p in phones {
+        sep.push_bind(p.clone());
+    }
+    qb.push(") ORDER BY phone, created_at_ms");
+    qb.build_query_as().fetch_all(pool).await
+}
+
 mod wsql {
     crate::store::worker_sql::worker_sql!(
         sqlx::Sqlite,

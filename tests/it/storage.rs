@@ -373,6 +373,13 @@ both_backends! {
         let st = db.store.status(None, NOW).await.unwrap();
         let r = st.campaigns.iter().find(|c| c.name == "renewals-2026").unwrap();
         assert_eq!((r.jobs["done"], r.jobs["dropped"], r.jobs["dialing"]), (1, 2, 1));
+
+        // The claim-time facts count each placed or possibly placed call once, from
+        // the window's start (inclusive), and never a call that was not placed.
+        let phones = [j0.phone.clone(), j2.phone.clone()];
+        let counted = |f: Vec<dialer::store::NumberFacts>| f.into_iter().map(|f| f.counted_calls_ms).collect::<Vec<_>>();
+        assert_eq!(counted(db.store.facts(&phones, None, NOW).await.unwrap()), [vec![NOW], Vec::<i64>::new()]);
+        assert_eq!(counted(db.store.facts(&phones, None, NOW + 1).await.unwrap()), [Vec::<i64>::new(), vec![]]);
     }
 }
 
@@ -470,5 +477,38 @@ both_backends! {
         assert_eq!((st.campaigns[0].jobs["running"], st.campaigns[0].jobs["queued"]), (1, 1));
         let again = db.store.claim("w2", 10, NOW + 20, 60_000, None).await.unwrap();
         assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), [jobs[1].id], "the abandoned job, not the held one");
+    }
+}
+
+/// PostgreSQL: each bulk import leaves the planner statistics of the table it
+/// loaded (`pg_class.reltuples` is -1 until a table is first analyzed), so the
+/// batched pre-flight lookups are planned as index probes from the first claim on,
+/// not as sequential scans until autovacuum's next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_imports_leave_planner_statistics_for_the_loaded_tables() {
+    let db = crate::support::TestDb::postgres().await;
+    let id = campaign(&db.store).await;
+    let numbers: String = (0..300).map(|i| format!("212234{i:04}\n")).collect();
+    let (_c, contacts) = write_file("c.csv", format!("phone\n{numbers}").as_bytes());
+    let (_d, dnc) = write_file("dnc.txt", numbers.as_bytes());
+    let (_o, opt) = write_file("opt.csv", format!("phone\n{numbers}").as_bytes());
+    import::import_contacts(&db.store, id, NOW, &contacts, Box::new(NoProgress))
+        .await
+        .unwrap();
+    import::import_dnc(&db.store, &dnc, "national", NOW, Box::new(NoProgress))
+        .await
+        .unwrap();
+    import::import_opt_outs(&db.store, &opt, NOW, Box::new(NoProgress))
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for table in ["jobs", "dnc_numbers", "opt_outs"] {
+        let rows: f32 =
+            sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass")
+                .bind(table)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, 300.0, "{table}: statistics of the loaded rows");
     }
 }
