@@ -1,0 +1,11 @@
+-- Dial speed (issue 5): every attempt row is updated twice after its insert, once
+-- with the 202 (which sets call_id, an indexed column, so that version is a new
+-- entry in every index) and once with the outcome (no indexed column: a HOT update,
+-- no index entry at all, when the new version fits on the same page). At the
+-- default fillfactor (100) attempt pages are packed full by the inserts and both
+-- updates go to other pages; 70 keeps 30 % of each page for them (PostgreSQL docs,
+-- "Heap-Only Tuples (HOT)" and CREATE TABLE's fillfactor). Applies to pages written
+-- from now on; existing ones are left as they are. Measured (scripts/bench-load
+-- 20000, pg_stat_user_tables): 14,885 of 40,115 attempt updates HOT, against 3,925
+-- of 40,128 at the default.
+ALTER TABLE attempts SET (fillfactor = 70);
