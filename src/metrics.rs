@@ -49,6 +49,18 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Folds the histogram samples recorded since the last call into their buckets.
+/// The recorder keeps every histogram sample in memory until this runs or a
+/// scrape renders it; built with `build_recorder` (not `install`), it has no
+/// upkeep task of its own (metrics-rs/metrics issue 467), so a worker nobody
+/// scrapes would grow by every dial's samples for its whole life. The worker's
+/// maintenance loop calls it every tick.
+pub fn upkeep() {
+    if let Some(h) = HANDLE.get() {
+        h.run_upkeep();
+    }
+}
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(

@@ -318,6 +318,7 @@ impl App {
                 last_gauges = std::time::Instant::now();
                 self.update_gauges().await;
             }
+            crate::metrics::upkeep();
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {},
                 _ = self.cancel.cancelled() => break,
