@@ -36,9 +36,10 @@ pub fn router(app: Arc<App>) -> Router {
 /// open, a newly accepted one is served and closed after its response. A burst of
 /// webhook deliveries (RevDesk sends each outcome on its own request, all at once)
 /// then leaves at most `keep_alive` idle connections behind instead of hundreds,
-/// each holding buffers: about 9 MiB of the worker's RSS with 1,000 dials in flight
-/// (docs/benchmarks.md, Load). Every connection is still accepted and answered, so
-/// no delivery waits on another's idle connection.
+/// each holding buffers. The bound must not be too low either: past it, the sender
+/// opens a new connection for each delivery, and at 64 that churn cost about 7 % of
+/// the dial rate (docs/benchmarks.md, Load, session 8). Every connection is still
+/// accepted and answered, so no delivery waits on another's idle connection.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
