@@ -344,7 +344,10 @@ macro_rules! shared_sql {
             }
 
             // Counted calls: placed, possibly placed, or reserved (about to be sent),
-            // in every campaign (SPEC section 6, frequency cap).
+            // in every campaign (SPEC section 6, frequency cap). The shared query is
+            // strictly after its bound; `- 1` (times are integer milliseconds) makes it
+            // include a call at exactly `counted_since_ms`, as `facts` promises. The
+            // verdict filters each cap's window itself, so a superset is safe.
             for (phone, at) in super::counted_calls(pool, phones, counted_since_ms - 1).await? {
                 if let Some(&i) = index.get(phone.as_str()) {
                     out[i].counted_calls_ms.push(at);

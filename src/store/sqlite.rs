@@ -32,7 +32,7 @@ pub(crate) async fn counted_calls(
     qb.push(" AND phone IN (");
     let mut sep = qb.separated(", ");
     for p in phones {
-        sep.push_bind(p.clone());
+        sep.push_bind(p.as_str());
     }
     qb.push(") ORDER BY phone, created_at_ms");
     qb.build_query_as().fetch_all(pool).await
