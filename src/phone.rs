@@ -5,8 +5,9 @@
 //!   region US), about 5 µs per parse + validate;
 //! - a fast path for the canonical NANP shapes (`+1NXXNXXXXXX`, `NXXNXXXXXX`,
 //!   `1NXXNXXXXXX`, `(NXX) NXX-XXXX`, `NXX-NXX-XXXX`, `NXX.NXX.XXXX`, `NXX NXX XXXX`,
-//!   each optionally after `1`, `+1`, `1-`, `+1 ` ...). It asks the crate only once
-//!   per 7-digit block (NPA-NXX-X): every NANP number pattern in libphonenumber's
+//!   each optionally after `1`, `+1`, `1-`, `+1 ` ...). It looks the number's 7-digit
+//!   block (NPA-NXX-X) up in a table of the crate's answers per block
+//!   (`data/nanp_valid_blocks.txt`): every NANP number pattern in libphonenumber's
 //!   metadata is a prefix of at most 7 digits followed by `\d{3}` or a longer `\d{n}`
 //!   (the longest is Jamaica's `8766060\d{3}`), so validity is a function of the first
 //!   7 digits. The property test `fast_path_agrees_with_the_crate` checks the two
@@ -17,7 +18,6 @@
 
 use std::fmt;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Why a raw string is not a dialable number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -234,31 +234,58 @@ fn body_national(s: &[u8]) -> Option<u64> {
     )
 }
 
-/// 8,000,000 blocks (NPA 200..999 x NXX-X), two bits each: known, valid. Filled
-/// lazily from the crate; 2 MB of address space, lock-free, shared by every thread.
-/// Allocated zeroed (`calloc`: fresh pages the kernel maps on first write), so only
-/// the pages of blocks actually dialed count toward the worker's RSS: a campaign
-/// touches a few area codes, a few KiB each, not the whole 2 MiB.
-fn block_table() -> &'static [AtomicU64] {
-    // AtomicU64 has the in-memory representation of u64 (std docs); the alignment
-    // is checked here because on some 32-bit targets u64's is smaller.
-    const _: () = assert!(std::mem::align_of::<AtomicU64>() == std::mem::align_of::<u64>());
-    static TABLE: OnceLock<Box<[AtomicU64]>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let zeroed: Box<[u64]> = vec![0u64; BLOCKS * 2 / 64].into_boxed_slice();
-        // SAFETY: same size and alignment (asserted above), and every bit pattern
-        // is a valid AtomicU64; the box's ownership moves whole.
-        unsafe { Box::from_raw(Box::into_raw(zeroed) as *mut [AtomicU64]) }
+/// The first and last 7-digit NANP blocks (NPA-NXX-X): NPA 200 to 999.
+pub const FIRST_BLOCK: u32 = 2_000_000;
+pub const LAST_BLOCK: u32 = 9_999_999;
+
+/// The valid blocks as sorted, disjoint, inclusive ranges, from
+/// `data/nanp_valid_blocks.txt` (written by `examples/gen_nanp_blocks.rs` from the
+/// crate's answer on `data/nanp_metadata.xml`; `phone::tests` check they agree).
+/// A lookup is a binary search over a few thousand ranges, so neither the crate's
+/// metadata nor its regular expressions are loaded by the worker or the importer:
+/// that was about 2.2 MB of heap the worker kept for its lifetime (heaptrack,
+/// docs/benchmarks.md, session 9).
+fn valid_blocks() -> &'static [(u32, u32)] {
+    static RANGES: OnceLock<Box<[(u32, u32)]>> = OnceLock::new();
+    RANGES.get_or_init(|| {
+        let ranges: Box<[(u32, u32)]> = include_str!("../data/nanp_valid_blocks.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (a, b) = l
+                    .split_once(' ')
+                    .expect("data/nanp_valid_blocks.txt: `first last`");
+                let first = a
+                    .parse()
+                    .expect("data/nanp_valid_blocks.txt: a block number");
+                let last = b
+                    .parse()
+                    .expect("data/nanp_valid_blocks.txt: a block number");
+                (first, last)
+            })
+            .collect();
+        assert!(
+            ranges.windows(2).all(|w| w[0].1 < w[1].0) && ranges.iter().all(|r| r.0 <= r.1),
+            "data/nanp_valid_blocks.txt: ranges must be sorted and disjoint"
+        );
+        ranges
     })
 }
 
-const BLOCKS: usize = 8_000_000;
+/// Whether the numbers of `national`'s 7-digit block are valid (the crate's answer,
+/// tabled; see [`valid_blocks`]).
+fn nanp_block_is_valid(national: u64) -> bool {
+    let block = (national / 1000) as u32;
+    let ranges = valid_blocks();
+    // The last range starting at or before `block`.
+    let i = ranges.partition_point(|r| r.0 <= block);
+    i > 0 && block <= ranges[i - 1].1
+}
 
 /// The +1 part of the crate's metadata (`data/nanp_metadata.xml`, its 25 NANP
-/// territories unchanged, made by `scripts/gen-nanp-metadata.py`): a +1 number is
-/// parsed and validated against these alone, with the answer of the whole-world
-/// database (`fast_path_agrees_with_the_crate` checks it), which the worker then
-/// never loads (3.5 MB of heap it would keep for its lifetime).
+/// territories unchanged, made by `scripts/gen-nanp-metadata.py`), which the block
+/// table is made from; the whole-world database gives the same answers
+/// (`the_nanp_subset_agrees_with_the_whole_database_in_every_area_code`).
 fn nanp_database() -> &'static phonenumber::metadata::Database {
     static DB: OnceLock<phonenumber::metadata::Database> = OnceLock::new();
     DB.get_or_init(|| {
@@ -267,21 +294,14 @@ fn nanp_database() -> &'static phonenumber::metadata::Database {
     })
 }
 
-/// Whether the crate finds the numbers of `national`'s 7-digit block valid.
-fn nanp_block_is_valid(national: u64) -> bool {
-    let block = (national / 1000) as usize - 2_000_000;
-    let table = block_table();
-    let (word, bit) = (block * 2 / 64, (block * 2) % 64);
-    let v = table[word].load(Ordering::Relaxed) >> bit;
-    if v & 1 == 1 {
-        return v & 2 == 2;
-    }
+/// The crate's own answer for a 7-digit block (`FIRST_BLOCK..=LAST_BLOCK`): what
+/// `data/nanp_valid_blocks.txt` tables. For the generator and the tests.
+#[doc(hidden)]
+pub fn crate_block_is_valid(block: u32) -> bool {
     let db = nanp_database();
-    let valid = phonenumber::parse_with(db, None, format!("+1{}000", national / 1000))
+    phonenumber::parse_with(db, None, format!("+1{block}000"))
         .map(|p| phonenumber::is_valid_with(db, &p))
-        .unwrap_or(false);
-    table[word].fetch_or((1 | (u64::from(valid) << 1)) << bit, Ordering::Relaxed);
-    valid
+        .unwrap_or(false)
 }
 
 /// Masks every digit of `s` but the last four.
@@ -470,6 +490,35 @@ mod tests {
             }
         }
         assert_eq!(compared, 6400);
+    }
+
+    /// `data/nanp_valid_blocks.txt` gives the crate's answer on both sides of every
+    /// edge of every range, and on a spread of blocks between them.
+    #[test]
+    fn the_block_table_agrees_with_the_crate() {
+        let ranges = valid_blocks();
+        assert!(ranges.len() > 800, "{} ranges", ranges.len());
+        let mut checked = 0;
+        let mut check = |block: u32| {
+            if (FIRST_BLOCK..=LAST_BLOCK).contains(&block) {
+                let national = u64::from(block) * 1000 + 123;
+                assert_eq!(
+                    nanp_block_is_valid(national),
+                    crate_block_is_valid(block),
+                    "block {block}"
+                );
+                checked += 1;
+            }
+        };
+        for &(first, last) in ranges {
+            for b in [first - 1, first, last, last + 1] {
+                check(b);
+            }
+        }
+        for b in (FIRST_BLOCK..=LAST_BLOCK).step_by(1009) {
+            check(b);
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 
     proptest! {
