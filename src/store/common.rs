@@ -267,12 +267,8 @@ macro_rules! shared_sql {
             let index: HashMap<&str, usize> = phones.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
             let campaign = campaign.unwrap_or("");
 
-            let mut qb = QueryBuilder::<$DB>::new("SELECT phone, source FROM dnc_numbers WHERE phone IN (");
-            let mut sep = qb.separated(", ");
-            for p in phones {
-                sep.push_bind(p.clone());
-            }
-            qb.push(")");
+            let mut qb = QueryBuilder::<$DB>::new("SELECT phone, source FROM dnc_numbers WHERE phone");
+            super::push_in_text(&mut qb, phones);
             for r in qb.build().fetch_all(pool).await? {
                 let phone: String = r.try_get("phone")?;
                 if let Some(&i) = index.get(phone.as_str()) {
@@ -288,12 +284,8 @@ macro_rules! shared_sql {
                 .map(|p| p[2..5].to_owned())
                 .collect();
             if !npas.is_empty() {
-                let mut qb = QueryBuilder::<$DB>::new("SELECT npa, source FROM dnc_area_codes WHERE npa IN (");
-                let mut sep = qb.separated(", ");
-                for n in &npas {
-                    sep.push_bind(n.clone());
-                }
-                qb.push(")");
+                let mut qb = QueryBuilder::<$DB>::new("SELECT npa, source FROM dnc_area_codes WHERE npa");
+                super::push_in_text(&mut qb, &npas);
                 for r in qb.build().fetch_all(pool).await? {
                     let npa: String = r.try_get("npa")?;
                     let source: String = r.try_get("source")?;
@@ -308,12 +300,8 @@ macro_rules! shared_sql {
 
             let mut qb = QueryBuilder::<$DB>::new("SELECT phone FROM opt_outs WHERE campaign IN ('', ");
             qb.push_bind(campaign.to_owned());
-            qb.push(") AND phone IN (");
-            let mut sep = qb.separated(", ");
-            for p in phones {
-                sep.push_bind(p.clone());
-            }
-            qb.push(")");
+            qb.push(") AND phone");
+            super::push_in_text(&mut qb, phones);
             for r in qb.build().fetch_all(pool).await? {
                 let phone: String = r.try_get("phone")?;
                 if let Some(&i) = index.get(phone.as_str()) {
@@ -325,12 +313,8 @@ macro_rules! shared_sql {
                 "SELECT phone, kind, granted_at_ms, expires_at_ms, revoked_at_ms FROM consents WHERE campaign IN ('', ",
             );
             qb.push_bind(campaign.to_owned());
-            qb.push(") AND phone IN (");
-            let mut sep = qb.separated(", ");
-            for p in phones {
-                sep.push_bind(p.clone());
-            }
-            qb.push(")");
+            qb.push(") AND phone");
+            super::push_in_text(&mut qb, phones);
             for r in qb.build().fetch_all(pool).await? {
                 let phone: String = r.try_get("phone")?;
                 if let Some(&i) = index.get(phone.as_str()) {

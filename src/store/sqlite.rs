@@ -17,6 +17,27 @@ mod sql {
 /// indexed column without statistics, and its ANALYZE reads the whole table.
 pub(crate) async fn analyze_after_load(_pool: &SqlitePool, _table: &'static str) {}
 
+/// Appends ` IN ($n, ...)` with one parameter a value, for a batch's membership test
+/// (SQLite has no array parameters; it plans the list as one index probe a value).
+pub(crate) fn push_in_text(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, values: &[String]) {
+    qb.push(" IN (");
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(v.clone());
+    }
+    qb.push(")");
+}
+
+/// [`push_in_text`] for ids.
+pub(crate) fn push_in_ids(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, values: &[i64]) {
+    qb.push(" IN (");
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(*v);
+    }
+    qb.push(")");
+}
+
 /// The counted calls (SPEC section 6, frequency cap: placed, possibly placed or
 /// reserved, in every campaign) of `phones` created after `after_ms`, by number,
 /// oldest first (SQLite plans `phone IN (...)` as one index probe per number).

@@ -19,12 +19,9 @@ macro_rules! worker_sql {
             if for_update.is_empty() || ids.is_empty() {
                 return Ok(());
             }
-            let mut qb = QueryBuilder::<$DB>::new("SELECT id FROM jobs WHERE id IN (");
-            let mut sep = qb.separated(", ");
-            for id in ids {
-                sep.push_bind(*id);
-            }
-            qb.push(format!(") ORDER BY id{for_update}"));
+            let mut qb = QueryBuilder::<$DB>::new("SELECT id FROM jobs WHERE id");
+            super::push_in_ids(&mut qb, ids);
+            qb.push(format!(" ORDER BY id{for_update}"));
             qb.build().execute(&mut *conn).await?;
             Ok(())
         }
@@ -92,12 +89,8 @@ macro_rules! worker_sql {
                 ));
             }
             if !attempt_ids.is_empty() {
-                let mut qb = QueryBuilder::<$DB>::new(format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id IN ("));
-                let mut sep = qb.separated(", ");
-                for a in &attempt_ids {
-                    sep.push_bind(*a);
-                }
-                qb.push(")");
+                let mut qb = QueryBuilder::<$DB>::new(format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id"));
+                super::push_in_ids(&mut qb, &attempt_ids);
                 let attempts: Vec<AttemptRow> =
                     qb.build().fetch_all(pool).await?.iter().map(attempt_from_row).collect::<Result<_>>()?;
                 for (job, current) in jobs.iter_mut() {
@@ -148,12 +141,9 @@ macro_rules! worker_sql {
                 qb.push_bind(db_now_ms + lease_ms);
                 qb.push(" WHERE id IN (SELECT id FROM jobs WHERE lease_owner = ");
                 qb.push_bind(id);
-                qb.push(" AND status IN ('running', 'dialing') AND id IN (");
-                let mut sep = qb.separated(", ");
-                for j in chunk {
-                    sep.push_bind(*j);
-                }
-                qb.push(format!(") ORDER BY id{for_update})"));
+                qb.push(" AND status IN ('running', 'dialing') AND id");
+                super::push_in_ids(&mut qb, chunk);
+                qb.push(format!(" ORDER BY id{for_update})"));
                 qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;

@@ -110,6 +110,50 @@ both_backends! {
     }
 }
 
+/// PostgreSQL: pre-flight's batch lookups are one statement whatever the batch's
+/// size (`= ANY($1)`), so a worker's connections do not prepare and cache a statement
+/// for every size (an `IN` list each: 3.8 MB of the worker's heap late in a 40,000-dial
+/// run, docs/benchmarks.md, session 9). The answers stay right for every size.
+#[tokio::test]
+async fn postgres_batch_lookups_are_one_prepared_statement_whatever_the_batch_size() {
+    use dialer::store::Store;
+    let db = crate::support::TestDb::postgres().await;
+    let (_d, path) = write_file("dnc.txt", b"2122345678\n646XXXXXXX\n");
+    import::import_dnc(&db.store, &path, "national", NOW, Box::new(NoProgress))
+        .await
+        .unwrap();
+    // One connection: every statement below is prepared in the session inspected.
+    let pg = dialer::store::postgres::PgStore::connect(&db.url, 1)
+        .await
+        .unwrap();
+    for n in 1..=40usize {
+        let mut phones: Vec<String> = (0..n).map(|i| format!("+1312234{:04}", 5000 + i)).collect();
+        phones[n / 2] = "+12122345678".to_owned();
+        if n > 2 {
+            phones[0] = "+16462345678".to_owned();
+        }
+        let f = pg.facts(&phones, Some("renewals-2026"), 0).await.unwrap();
+        let dnc: Vec<usize> = f
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.dnc)
+            .map(|(i, _)| i)
+            .collect();
+        let expected: Vec<usize> = if n > 2 { vec![0, n / 2] } else { vec![n / 2] };
+        assert_eq!(dnc, expected, "batch of {n}");
+    }
+    let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements")
+        .fetch_one(pg.pool())
+        .await
+        .unwrap();
+    // Five lookups (DNC numbers, DNC area codes, opt-outs, consents, counted calls)
+    // and this count; an `IN` list would leave about 4 x 40.
+    assert!(
+        prepared <= 8,
+        "{prepared} prepared statements after 40 batch sizes"
+    );
+}
+
 both_backends! {
     async fn opt_outs_apply_globally_or_per_campaign_and_are_never_removed(db) {
         let (_d, path) = write_file(
