@@ -572,6 +572,9 @@ impl App {
         permits: &mut tokio::sync::OwnedSemaphorePermit,
         dials: &mut tokio::task::JoinSet<()>,
     ) {
+        // Free the cells of this batch's dial tasks that have ended (about 2.9 KB
+        // each) now rather than at the batch's end.
+        while dials.try_join_next().is_some() {}
         let now = self.now();
         let now_ms = ms(now);
         let halted = self.account_halted.load(Ordering::Relaxed) || self.worker_halt().is_some();
