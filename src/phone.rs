@@ -241,7 +241,7 @@ pub const LAST_BLOCK: u32 = 9_999_999;
 /// The valid blocks as sorted, disjoint, inclusive ranges, from
 /// `data/nanp_valid_blocks.txt` (written by `examples/gen_nanp_blocks.rs` from the
 /// crate's answer on `data/nanp_metadata.xml`; `phone::tests` check they agree).
-/// A lookup is a binary search over a few thousand ranges, so neither the crate's
+/// A lookup is a binary search over its 886 ranges, so neither the crate's
 /// metadata nor its regular expressions are loaded by the worker or the importer:
 /// that was about 2.2 MB of heap the worker kept for its lifetime (heaptrack,
 /// docs/benchmarks.md, session 9).
