@@ -268,7 +268,7 @@ macro_rules! shared_sql {
             let campaign = campaign.unwrap_or("");
 
             let mut qb = QueryBuilder::<$DB>::new("SELECT phone, source FROM dnc_numbers WHERE phone");
-            super::push_in_text(&mut qb, phones);
+            super::push_in(&mut qb, phones);
             for r in qb.build().fetch_all(pool).await? {
                 let phone: String = r.try_get("phone")?;
                 if let Some(&i) = index.get(phone.as_str()) {
@@ -285,7 +285,7 @@ macro_rules! shared_sql {
                 .collect();
             if !npas.is_empty() {
                 let mut qb = QueryBuilder::<$DB>::new("SELECT npa, source FROM dnc_area_codes WHERE npa");
-                super::push_in_text(&mut qb, &npas);
+                super::push_in(&mut qb, &npas);
                 for r in qb.build().fetch_all(pool).await? {
                     let npa: String = r.try_get("npa")?;
                     let source: String = r.try_get("source")?;
@@ -301,7 +301,7 @@ macro_rules! shared_sql {
             let mut qb = QueryBuilder::<$DB>::new("SELECT phone FROM opt_outs WHERE campaign IN ('', ");
             qb.push_bind(campaign.to_owned());
             qb.push(") AND phone");
-            super::push_in_text(&mut qb, phones);
+            super::push_in(&mut qb, phones);
             for r in qb.build().fetch_all(pool).await? {
                 let phone: String = r.try_get("phone")?;
                 if let Some(&i) = index.get(phone.as_str()) {
@@ -314,7 +314,7 @@ macro_rules! shared_sql {
             );
             qb.push_bind(campaign.to_owned());
             qb.push(") AND phone");
-            super::push_in_text(&mut qb, phones);
+            super::push_in(&mut qb, phones);
             for r in qb.build().fetch_all(pool).await? {
                 let phone: String = r.try_get("phone")?;
                 if let Some(&i) = index.get(phone.as_str()) {

@@ -33,21 +33,18 @@ const COUNTED_CALLS: &str = "SELECT p.phone, c.created_at_ms \
        AND a.placement <> 'not_placed' AND a.created_at_ms > $2 OFFSET 0) c \
      ORDER BY p.phone, c.created_at_ms";
 
-/// Appends ` = ANY($n)` with the values as one array parameter, for a batch's
+/// Appends ` = ANY($n)` with the values (numbers or ids) as one array parameter, for a batch's
 /// membership test (`WHERE phone = ANY($1)`). The statement's text is then the same
 /// for every batch size, so sqlx prepares it once per connection and PostgreSQL
 /// plans it from its cache. An `IN ($1, ..., $n)` list is a new statement for every
 /// length: each cached by sqlx with its parameter description (up to 100 a
 /// connection), which was 3.8 MB of the worker's heap late in a 40,000-dial run
 /// (heaptrack, docs/benchmarks.md, session 9), and parsed again by the server.
-pub(crate) fn push_in_text(qb: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, values: &[String]) {
-    qb.push(" = ANY(");
-    qb.push_bind(values.to_vec());
-    qb.push(")");
-}
-
-/// [`push_in_text`] for ids.
-pub(crate) fn push_in_ids(qb: &mut sqlx::QueryBuilder<'_, sqlx::Postgres>, values: &[i64]) {
+pub(crate) fn push_in<'a, T>(qb: &mut sqlx::QueryBuilder<'a, sqlx::Postgres>, values: &[T])
+where
+    T: Clone,
+    Vec<T>: 'a + sqlx::Encode<'a, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
     qb.push(" = ANY(");
     qb.push_bind(values.to_vec());
     qb.push(")");

@@ -19,21 +19,14 @@ pub(crate) async fn analyze_after_load(_pool: &SqlitePool, _table: &'static str)
 
 /// Appends ` IN ($n, ...)` with one parameter a value, for a batch's membership test
 /// (SQLite has no array parameters; it plans the list as one index probe a value).
-pub(crate) fn push_in_text(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, values: &[String]) {
+pub(crate) fn push_in<'a, T>(qb: &mut QueryBuilder<'a, sqlx::Sqlite>, values: &[T])
+where
+    T: 'a + Clone + sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
     qb.push(" IN (");
     let mut sep = qb.separated(", ");
     for v in values {
         sep.push_bind(v.clone());
-    }
-    qb.push(")");
-}
-
-/// [`push_in_text`] for ids.
-pub(crate) fn push_in_ids(qb: &mut QueryBuilder<'_, sqlx::Sqlite>, values: &[i64]) {
-    qb.push(" IN (");
-    let mut sep = qb.separated(", ");
-    for v in values {
-        sep.push_bind(*v);
     }
     qb.push(")");
 }
@@ -50,12 +43,9 @@ pub(crate) async fn counted_calls(
         "SELECT phone, created_at_ms FROM attempts WHERE placement <> 'not_placed' AND created_at_ms > ",
     );
     qb.push_bind(after_ms);
-    qb.push(" AND phone IN (");
-    let mut sep = qb.separated(", ");
-    for p in phones {
-        sep.push_bind(p.as_str());
-    }
-    qb.push(") ORDER BY phone, created_at_ms");
+    qb.push(" AND phone");
+    push_in(&mut qb, phones);
+    qb.push(" ORDER BY phone, created_at_ms");
     qb.build_query_as().fetch_all(pool).await
 }
 

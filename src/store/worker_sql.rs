@@ -20,7 +20,7 @@ macro_rules! worker_sql {
                 return Ok(());
             }
             let mut qb = QueryBuilder::<$DB>::new("SELECT id FROM jobs WHERE id");
-            super::push_in_ids(&mut qb, ids);
+            super::push_in(&mut qb, ids);
             qb.push(format!(" ORDER BY id{for_update}"));
             qb.build().execute(&mut *conn).await?;
             Ok(())
@@ -90,7 +90,7 @@ macro_rules! worker_sql {
             }
             if !attempt_ids.is_empty() {
                 let mut qb = QueryBuilder::<$DB>::new(format!("SELECT {ATTEMPT_COLS} FROM attempts WHERE id"));
-                super::push_in_ids(&mut qb, &attempt_ids);
+                super::push_in(&mut qb, &attempt_ids);
                 let attempts: Vec<AttemptRow> =
                     qb.build().fetch_all(pool).await?.iter().map(attempt_from_row).collect::<Result<_>>()?;
                 for (job, current) in jobs.iter_mut() {
@@ -142,7 +142,7 @@ macro_rules! worker_sql {
                 qb.push(" WHERE id IN (SELECT id FROM jobs WHERE lease_owner = ");
                 qb.push_bind(id);
                 qb.push(" AND status IN ('running', 'dialing') AND id");
-                super::push_in_ids(&mut qb, chunk);
+                super::push_in(&mut qb, chunk);
                 qb.push(format!(" ORDER BY id{for_update})"));
                 qb.build().execute(&mut *tx).await?;
             }
