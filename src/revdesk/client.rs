@@ -51,7 +51,7 @@ pub enum CallLookupError {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    dial_url: String,
+    dial_url: reqwest::Url,
     calls_url: String,
     /// `Bearer KEY`, marked sensitive so `http`'s own Debug hides it too.
     auth: HeaderValue,
@@ -60,7 +60,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("dial_url", &self.dial_url)
+            .field("dial_url", &self.dial_url.as_str())
             .field("api_key", &"[redacted]")
             .finish()
     }
@@ -103,9 +103,12 @@ impl Client {
             .user_agent(concat!("revdesk-dialer/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Build(e.without_url().to_string()))?;
+        // Parsed once: a `&str` would be parsed again (host through IDNA) on every dial.
+        let dial_url = reqwest::Url::parse(&format!("{base}/v1/calls/dial"))
+            .map_err(|_| ClientError::BaseUrl(base_url.to_owned()))?;
         Ok(Client {
             http,
-            dial_url: format!("{base}/v1/calls/dial"),
+            dial_url,
             calls_url: format!("{base}/v1/calls/"),
             auth,
         })
@@ -126,7 +129,7 @@ impl Client {
         };
         let sent = self
             .http
-            .post(&self.dial_url)
+            .post(self.dial_url.clone())
             .header(AUTHORIZATION, self.auth.clone())
             .header("Idempotency-Key", key)
             .body(body.to_vec())

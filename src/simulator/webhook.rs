@@ -26,7 +26,8 @@ pub struct DeliveryRecord {
 
 pub(crate) struct Sender {
     http: reqwest::Client,
-    url: String,
+    /// Parsed once: a `&str` would be parsed again (host through IDNA) per delivery.
+    url: reqwest::Url,
     secret: Vec<u8>,
     cfg: WebhookDelivery,
     clock: Clock,
@@ -46,6 +47,8 @@ impl Sender {
             .timeout(cfg.timeout)
             .retry(reqwest::retry::never())
             .build()?;
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| anyhow::anyhow!("webhook_url {url:?} is not a URL: {e}"))?;
         Ok(Sender {
             http,
             url,
@@ -93,7 +96,7 @@ impl Sender {
             let header = signature::sign(&self.secret, self.clock.now().timestamp(), body);
             let sent = self
                 .http
-                .post(&self.url)
+                .post(self.url.clone())
                 .header("content-type", "application/json")
                 .header(signature::HEADER, header)
                 .body(body.to_vec())
