@@ -37,8 +37,9 @@ pub fn router(app: Arc<App>) -> Router {
 /// webhook deliveries (RevDesk sends each outcome on its own request, all at once)
 /// then leaves at most `keep_alive` idle connections behind instead of hundreds,
 /// each holding buffers. The bound must not be too low either: past it, the sender
-/// opens a new connection for each delivery, and at 64 that churn cost about 7 % of
-/// the dial rate (docs/benchmarks.md, Load, session 8). Every connection is still
+/// opens a new connection for each delivery: at 64 that churn cost about 7 % of the
+/// dial rate (docs/benchmarks.md, Load, session 8), at 256 4-6 % and a fifth of the
+/// sender's CPU (session 12; the default is now 1,024). Every connection is still
 /// accepted and answered, so no delivery waits on another's idle connection.
 pub async fn serve(
     listener: TcpListener,
