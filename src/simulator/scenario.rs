@@ -424,8 +424,15 @@ impl Scenario {
         if self.rate_per_second == Some(0) {
             return invalid("rate_per_second must be positive".to_owned());
         }
-        if self.webhook_url.is_some() && self.webhook_secret.is_empty() {
-            return invalid("webhook_url needs a webhook_secret".to_owned());
+        if let Some(url) = &self.webhook_url {
+            if self.webhook_secret.is_empty() {
+                return invalid("webhook_url needs a webhook_secret".to_owned());
+            }
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                Ok(_) => return invalid(format!("webhook_url {url:?} must be http or https")),
+                Err(e) => return invalid(format!("webhook_url {url:?} is not a URL: {e}")),
+            }
         }
         for (i, rule) in self.rules.iter().enumerate() {
             match (&rule.number, &rule.prefix) {
@@ -490,6 +497,20 @@ mod tests {
         let s = Scenario::from_toml_str("").expect("empty is valid");
         assert!(s.api_keys.is_empty() && s.rules.is_empty() && s.webhook_url.is_none());
         assert_eq!(s.outcomes.mix.get("completed"), Some(&1));
+    }
+
+    #[test]
+    fn a_webhook_url_that_is_not_an_http_url_is_refused_naming_it() {
+        for (url, says) in [
+            ("not a url", "is not a URL"),
+            ("ftp://x/hook", "must be http or https"),
+        ] {
+            let toml = format!("webhook_url = {url:?}\nwebhook_secret = \"s\"");
+            let e = Scenario::from_toml_str(&toml).expect_err(url).to_string();
+            assert!(e.contains("webhook_url") && e.contains(says), "{url}: {e}");
+        }
+        let ok = "webhook_url = \"http://127.0.0.1:9000/webhooks/revdesk\"\nwebhook_secret = \"s\"";
+        assert!(Scenario::from_toml_str(ok).is_ok());
     }
 
     #[test]
