@@ -40,13 +40,12 @@ const COUNTED_CALLS: &str = "SELECT p.phone, c.created_at_ms \
 /// length: each cached by sqlx with its parameter description (up to 100 a
 /// connection), which was 3.8 MB of the worker's heap late in a 40,000-dial run
 /// (heaptrack, docs/benchmarks.md, session 9), and parsed again by the server.
-pub(crate) fn push_in<'a, T>(qb: &mut sqlx::QueryBuilder<'a, sqlx::Postgres>, values: &[T])
+pub(crate) fn push_in<'a, T>(qb: &mut sqlx::QueryBuilder<'a, sqlx::Postgres>, values: &'a [T])
 where
-    T: Clone,
-    Vec<T>: 'a + sqlx::Encode<'a, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    &'a [T]: sqlx::Encode<'a, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     qb.push(" = ANY(");
-    qb.push_bind(values.to_vec());
+    qb.push_bind(values);
     qb.push(")");
 }
 

@@ -19,14 +19,14 @@ pub(crate) async fn analyze_after_load(_pool: &SqlitePool, _table: &'static str)
 
 /// Appends ` IN ($n, ...)` with one parameter a value, for a batch's membership test
 /// (SQLite has no array parameters; it plans the list as one index probe a value).
-pub(crate) fn push_in<'a, T>(qb: &mut QueryBuilder<'a, sqlx::Sqlite>, values: &[T])
+pub(crate) fn push_in<'a, T>(qb: &mut QueryBuilder<'a, sqlx::Sqlite>, values: &'a [T])
 where
-    T: 'a + Clone + sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    &'a T: sqlx::Encode<'a, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
 {
     qb.push(" IN (");
     let mut sep = qb.separated(", ");
     for v in values {
-        sep.push_bind(v.clone());
+        sep.push_bind(v);
     }
     qb.push(")");
 }
