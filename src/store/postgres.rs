@@ -887,17 +887,28 @@ async fn dispatch_set(pool: &PgPool, d: &Dispatch) -> Result<DispatchResult> {
         }
     }
     if !sent.is_empty() {
-        sqlx::query(
+        // Every job in `sent` is in `held`: locked above in this transaction
+        // (`FOR NO KEY UPDATE`) and seen leased to this worker, so no other
+        // transaction can change its lease before the commit; the statement needs no
+        // lease test of its own. It must not have one: `lease_owner = $owner` is
+        // estimated from the statistics of the import (every lease NULL) at one row,
+        // and PostgreSQL then plans a sequential scan of `jobs` for the leased rows
+        // joined to the batch by a nested loop, every leased row against every batch
+        // row (auto_explain, 5,000 jobs: 1,000 x 200 comparisons, 65-242 ms a batch;
+        // docs/benchmarks.md, session 14). Joined on the key alone, each row is one
+        // primary-key probe.
+        let updated = sqlx::query(
             "UPDATE jobs j SET status = 'dialing', current_attempt_id = u.attempt_id, updated_at_ms = u.now_ms \
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms) \
-             WHERE j.id = u.job_id AND j.lease_owner = $4",
+             WHERE j.id = u.job_id",
         )
         .bind(sent.iter().map(|(i, _)| d.sends[*i].job_id).collect::<Vec<i64>>())
         .bind(sent.iter().map(|(_, a)| a.id).collect::<Vec<i64>>())
         .bind(sent.iter().map(|(i, _)| d.sends[*i].now_ms).collect::<Vec<i64>>())
-        .bind(&d.owner)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        debug_assert_eq!(updated, sent.len() as u64, "every sent job is held");
     }
     let applied = update_jobs_set_on(&mut tx, &writes).await?;
     tx.commit().await?;

@@ -315,6 +315,8 @@ both_backends! {
             sends: vec![new(j1, "kx")],
         }).await.unwrap();
         assert_eq!((foreign.writes, foreign.sends), (vec![false], vec![Dispatched::LeaseLost]));
+        let untouched = db.store.job(j1.id).await.unwrap().unwrap();
+        assert!(untouched.current_attempt.is_none(), "no attempt, and not moved to dialing, under another's lease");
 
         // The first job and the other campaign's job share a number: with a cap of
         // 1 per day the one dispatched first (same number, either order) is sent and
