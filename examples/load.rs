@@ -136,7 +136,13 @@ async fn queue(
 }
 
 async fn http(base: &str, n: u64, concurrency: usize) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder().http1_only().build()?;
+    // HTTP2=1: one multiplexed connection, as the worker with `revdesk.http2`.
+    let builder = reqwest::Client::builder();
+    let client = if std::env::var("HTTP2").is_ok_and(|v| v == "1") {
+        builder.http2_prior_knowledge().build()?
+    } else {
+        builder.http1_only().build()?
+    };
     let url = format!("{}/v1/calls/dial", base.trim_end_matches('/'));
     let accepted = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

@@ -152,6 +152,7 @@ pub struct RevdeskSettings {
     pub connect_timeout: Dur,
     pub timeout: Dur,
     pub key_ttl: Dur,
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

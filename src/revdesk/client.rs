@@ -69,13 +69,16 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// `base_url` like `https://api.revdesk.com` (a trailing `/` is fine);
     /// `connect_timeout` bounds the TCP/TLS handshake, `timeout` the whole request
-    /// including the body; `pool_size` idle connections are kept per host.
+    /// including the body; `pool_size` idle connections are kept per host. `http2`:
+    /// one multiplexed HTTP/2 connection, negotiated over TLS (HTTP/1.1 if the server
+    /// has no h2), assumed without TLS (`http://`); else HTTP/1.1 only.
     pub fn new(
         base_url: &str,
         api_key: &SecretString,
         connect_timeout: Duration,
         timeout: Duration,
         pool_size: usize,
+        http2: bool,
     ) -> Result<Client, ClientError> {
         let base = base_url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -90,14 +93,21 @@ impl Client {
         auth.set_sensitive(true);
         let mut defaults = HeaderMap::new();
         defaults.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(timeout)
             .pool_max_idle_per_host(pool_size)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(30))
-            .http1_only()
+            .tcp_keepalive(Duration::from_secs(30));
+        let builder = match (http2, base.starts_with("https://")) {
+            (false, _) => builder.http1_only(),
+            // TLS offers both in ALPN and the server picks: HTTP/1.1 if it has no h2.
+            (true, true) => builder,
+            // No TLS, no negotiation: the endpoint must speak HTTP/2 (h2c).
+            (true, false) => builder.http2_prior_knowledge(),
+        };
+        let http = builder
             .retry(reqwest::retry::never())
             .default_headers(defaults)
             .user_agent(concat!("revdesk-dialer/", env!("CARGO_PKG_VERSION")))
@@ -424,6 +434,7 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_secs(1),
             4,
+            false,
         )
         .expect("valid config");
         let debug = format!("{client:?} {:?}", client.auth);
@@ -434,11 +445,11 @@ mod tests {
     fn an_empty_key_or_a_non_http_base_url_is_refused_at_construction() {
         let d = Duration::from_secs(1);
         assert!(matches!(
-            Client::new("http://x", &SecretString::from(" "), d, d, 1),
+            Client::new("http://x", &SecretString::from(" "), d, d, 1, false),
             Err(ClientError::ApiKey)
         ));
         assert!(matches!(
-            Client::new("ftp://x", &SecretString::from("k"), d, d, 1),
+            Client::new("ftp://x", &SecretString::from("k"), d, d, 1, false),
             Err(ClientError::BaseUrl(_))
         ));
     }

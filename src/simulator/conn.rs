@@ -1,27 +1,36 @@
-//! A listener whose connections a handler can kill, so the simulator can close a
+//! The simulator's accept loop, whose connections a handler can kill, so it can close a
 //! connection without answering (the `drop` script answer): the handler flips the
 //! connection's switch, and the response write then fails, so hyper drops the
 //! socket before a single byte of the answer is sent.
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service as _;
 
-pub struct KillableListener(pub TcpListener);
+/// Concurrent HTTP/2 streams one client connection may hold open. hyper's default is
+/// 200; the simulator stands in for a vendor whose own limit is unknown, so it lets a
+/// worker with `worker.max_in_flight` up to this many use one connection.
+pub const H2_MAX_STREAMS: u32 = 10_000;
 
 pub struct KillableStream {
     inner: TcpStream,
     killed: Arc<AtomicBool>,
 }
 
-/// The per-connection kill switch, handed to handlers as connect info.
+/// The per-connection kill switch, handed to handlers as connect info. Over HTTP/2
+/// it drops the whole connection, every stream on it (as a vendor's crash would).
 #[derive(Clone, Debug)]
 pub struct KillSwitch(Arc<AtomicBool>);
 
@@ -31,34 +40,53 @@ impl KillSwitch {
     }
 }
 
-impl Listener for KillableListener {
-    type Io = KillableStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((inner, addr)) => {
-                    // Small request/response pairs: do not wait for Nagle.
-                    let _ = inner.set_nodelay(true);
-                    let killed = Arc::new(AtomicBool::new(false));
-                    return (KillableStream { inner, killed }, addr);
-                }
-                // Out of file descriptors and the like: back off briefly, as axum does.
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+/// Serves `router` on `listener` until `cancel` fires, then lets every open
+/// connection finish its requests in progress and returns. HTTP/1.1, and HTTP/2
+/// without TLS when a client starts with its preface (prior knowledge). axum::serve
+/// does the same but cannot set HTTP/2's stream limit.
+pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(H2_MAX_STREAMS);
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let inner = match accepted {
+            Ok((inner, _)) => inner,
+            // Out of file descriptors and the like: back off briefly, as axum does.
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
             }
-        }
+        };
+        // Small request/response pairs: do not wait for Nagle.
+        let _ = inner.set_nodelay(true);
+        let killed = Arc::new(AtomicBool::new(false));
+        let switch = ConnectInfo(KillSwitch(killed.clone()));
+        let io = TokioIo::new(KillableStream { inner, killed });
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(switch.clone());
+            router.clone().call(request)
+        });
+        let builder = builder.clone();
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
     }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<IncomingStream<'_, KillableListener>> for KillSwitch {
-    fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
-        KillSwitch(stream.io().killed.clone())
-    }
+    connections.close();
+    connections.wait().await;
 }
 
 fn killed() -> io::Error {

@@ -30,7 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Datelike, Utc};
-use conn::{KillSwitch, KillableListener};
+use conn::KillSwitch;
 use governor::clock::{Clock as _, DefaultClock};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -100,6 +100,8 @@ pub struct RequestRecord {
     pub replay_of: Option<String>,
     /// `answered`, `replayed`, `stalled`, `dropped`.
     pub action: Cow<'static, str>,
+    /// The request's protocol: `HTTP/1.1`, or `HTTP/2.0` (`revdesk.http2`).
+    pub http_version: Cow<'static, str>,
 }
 
 /// A placed call (`GET /_sim/calls`).
@@ -846,6 +848,11 @@ async fn dial(State(sim): State<Arc<Sim>>, request: axum::extract::Request) -> R
         placed_call_id: None,
         replay_of: None,
         action: Cow::Borrowed("answered"),
+        http_version: Cow::Borrowed(match parts.version {
+            axum::http::Version::HTTP_2 => "HTTP/2.0",
+            axum::http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }),
     };
     let answer = answer_dial(&sim, seq, &headers, key, &body, &mut rec);
     respond(&sim, answer, rec, kill).await
@@ -1128,10 +1135,7 @@ async fn run(
     sim: Arc<Sim>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = router(sim).into_make_service_with_connect_info::<KillSwitch>();
-    axum::serve(KillableListener(listener), app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await?;
+    conn::serve(listener, router(sim), cancel).await;
     Ok(())
 }
 

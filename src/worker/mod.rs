@@ -50,6 +50,7 @@ pub fn build(
         settings.revdesk.connect_timeout.get(),
         settings.revdesk.timeout.get(),
         settings.worker.max_in_flight as usize,
+        settings.revdesk.http2,
     )
     .map_err(|e| StartError::Config("revdesk", e.to_string()))?;
     app::App::new(store, settings, engine, client, clock, cancel)

@@ -67,13 +67,23 @@ pub fn settings(db_url: &str, sim: &Simulator, extra: &[(&str, toml::Value)]) ->
 
 /// Runs one in-process worker until nothing is due or in flight (bounded).
 pub async fn run_until_idle(store: &DynStore, settings: Settings, listener: TcpListener) {
+    run_until_idle_on(store, settings, listener, clock()).await;
+}
+
+/// [`run_until_idle`] on a given clock.
+pub async fn run_until_idle_on(
+    store: &DynStore,
+    settings: Settings,
+    listener: TcpListener,
+    clock: Clock,
+) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
-    let app = dialer::worker::build(settings, store.clone(), clock(), CancellationToken::new())
+    let app = dialer::worker::build(settings, store.clone(), clock, CancellationToken::new())
         .expect("build worker");
     let app = Arc::new(app);
     tokio::time::timeout(
@@ -217,6 +227,65 @@ both_backends! {
         assert_eq!(sim.calls().len(), 1, "exactly one call placed");
         let st = store.status(Some("open"), fixed_now().timestamp_millis()).await.unwrap();
         assert_eq!(st.campaigns[0].jobs["done"], 1, "{st:?}");
+    }
+}
+
+both_backends! {
+    /// Guarantee 2 over `revdesk.http2`: the dials share one connection, so the
+    /// simulator dropping it under one dial makes every dial then in flight ambiguous;
+    /// each is re-sent under its own key and every contact gets exactly one call.
+    async fn over_http2_a_dropped_connection_still_places_one_call_per_contact(db) {
+        let store = &db.store;
+        let id = campaign(store, OPEN_CAMPAIGN).await;
+        let phones: Vec<String> = (0..16).map(|i| format!("+1212234{:04}", 5800 + i)).collect();
+        contacts(store, id, phones.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut scenario = Scenario::default();
+        // Answers held briefly so that other dials are in flight when the drop comes.
+        scenario.latency = Duration::from_millis(100);
+        scenario.rules = vec![dialer::simulator::scenario::Rule::for_number(&phones[8], &["drop", "accept"]).unwrap()];
+        let sim = simulator(scenario, &listener).await;
+        // Every dial in flight fails at once, which the circuit breaker (10 of the last
+        // 20) may count as an outage: an account halt, and the jobs whose dials failed
+        // requeued with their keys (SPEC section 8: an outage drops nothing).
+        let config = || settings(&db.url, &sim, &[
+            ("revdesk.http2", toml::Value::Boolean(true)),
+            ("retry.account_halt", toml::Value::String("1s".into())),
+            // The second run's clock is an hour past the simulator's, which signs.
+            ("webhook.tolerance", toml::Value::String("2h".into())),
+        ]);
+        let addr = listener.local_addr().unwrap();
+        run_until_idle(store, config(), listener).await;
+        let st = store.status(Some("open"), fixed_now().timestamp_millis()).await.unwrap();
+        let c = &st.campaigns[0];
+        assert_eq!(c.jobs["done"] + c.jobs["queued"], phones.len() as i64, "nothing dropped: {c:?}");
+        assert_eq!(c.attempts, phones.len() as i64, "one attempt per contact: {c:?}");
+        // An hour later (16:00 in New York) the requeued jobs are due: the same worker
+        // configuration, on the same port the simulator's webhooks go to.
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let later = Clock::starting_at(fixed_now() + chrono::Duration::hours(1));
+        run_until_idle_on(store, config(), listener, later).await;
+
+        let st = store.status(Some("open"), fixed_now().timestamp_millis()).await.unwrap();
+        let c = &st.campaigns[0];
+        assert_eq!(c.jobs["done"], phones.len() as i64, "{c:?}");
+        assert_eq!(c.attempts, phones.len() as i64, "retries reuse the attempt: {c:?}");
+        let reqs = sim.requests();
+        assert!(reqs.iter().all(|r| r.http_version == "HTTP/2.0"), "{reqs:?}");
+        assert!(reqs.iter().any(|r| r.action == "dropped"), "{reqs:?}");
+        let mut keys: BTreeMap<String, BTreeSet<Option<String>>> = BTreeMap::new();
+        for r in &reqs {
+            keys.entry(r.to.clone().unwrap()).or_default().insert(r.idempotency_key.clone());
+        }
+        assert_eq!(keys.len(), phones.len(), "every contact dialed");
+        assert!(keys.values().all(|k| k.len() == 1 && k.iter().all(Option::is_some)),
+            "one key per contact, re-sent unchanged: {keys:?}");
+        let mut calls: BTreeMap<String, usize> = BTreeMap::new();
+        for call in sim.calls() {
+            *calls.entry(call.to).or_default() += 1;
+        }
+        assert_eq!(calls.len(), phones.len(), "{calls:?}");
+        assert!(calls.values().all(|&n| n == 1), "exactly one call per contact: {calls:?}");
     }
 }
 

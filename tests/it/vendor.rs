@@ -31,6 +31,7 @@ fn client_with(sim: &Simulator, key: &str, timeout: Duration) -> Client {
         Duration::from_secs(2),
         timeout,
         8,
+        false,
     )
     .expect("valid client config")
 }
@@ -398,6 +399,71 @@ async fn a_dropped_connection_is_a_connection_error() {
         .map(|r| r.action.to_string())
         .collect();
     assert_eq!(actions, ["dropped", "answered"]);
+}
+
+/// `revdesk.http2`: dials share one multiplexed connection. A `drop` answer then
+/// loses the whole connection, so every dial on it in flight is ambiguous at once; each
+/// re-sent under its key, every number still gets exactly one call.
+#[tokio::test]
+async fn over_http2_a_lost_connection_is_ambiguous_for_each_dial_and_keys_place_once() {
+    const DIALS: usize = 40;
+    let dropped = "+14155552250";
+    let scenario = Scenario {
+        rules: vec![rule(dropped, &["drop", "accept"])],
+        ..Scenario::default()
+    };
+    let sim = Simulator::start(scenario).await.expect("start");
+    let client = Client::new(
+        &sim.base_url(),
+        &SecretString::from("sk_test"),
+        Duration::from_secs(2),
+        Duration::from_secs(10),
+        8,
+        true,
+    )
+    .expect("valid client config");
+    let numbers: Vec<String> = (0..DIALS)
+        .map(|i| {
+            if i == DIALS / 2 {
+                dropped.to_owned()
+            } else {
+                format!("+1415555{:04}", 2300 + i)
+            }
+        })
+        .collect();
+    let client = &client;
+    let first = futures::future::join_all(
+        numbers
+            .iter()
+            .map(|to| async move { client.dial(&format!("key-{to}"), &body(to)).await }),
+    )
+    .await;
+    let mut resend = Vec::new();
+    for (to, result) in numbers.iter().zip(first) {
+        match result {
+            DialResult::Accepted { .. } => {}
+            // Ambiguous: the request may have been placed before the connection died.
+            DialResult::Connection { .. } => resend.push(to),
+            other => panic!("{to}: expected a 202 or a lost connection, got {other:?}"),
+        }
+    }
+    assert!(resend.contains(&&dropped.to_owned()), "{resend:?}");
+    for to in resend {
+        accepted(client.dial(&format!("key-{to}"), &body(to)).await);
+    }
+
+    let log = sim.requests();
+    assert!(
+        log.iter().all(|r| r.http_version == "HTTP/2.0"),
+        "every request over HTTP/2"
+    );
+    let mut placed: BTreeMap<String, usize> = BTreeMap::new();
+    for call in sim.calls() {
+        assert_eq!(call.idempotency_key, Some(format!("key-{}", call.to)));
+        *placed.entry(call.to).or_default() += 1;
+    }
+    assert_eq!(placed.len(), DIALS, "every number placed");
+    assert!(placed.values().all(|&n| n == 1), "{placed:?}");
 }
 
 #[tokio::test]

@@ -71,6 +71,7 @@ async fn every_synchronous_code_from_the_simulator_ends_in_the_specified_decisio
         Duration::from_secs(2),
         Duration::from_secs(5),
         4,
+        false,
     )
     .unwrap();
     let settings = RetrySettings::default();
@@ -148,6 +149,7 @@ async fn html_502_timeout_and_dropped_connection_are_retried_with_the_same_key()
         Duration::from_secs(1),
         Duration::from_secs(1),
         4,
+        false,
     )
     .unwrap();
     let settings = RetrySettings::default();
@@ -197,6 +199,7 @@ async fn every_final_outcome_from_the_simulator_ends_in_the_specified_decision()
         Duration::from_secs(2),
         Duration::from_secs(5),
         4,
+        false,
     )
     .unwrap();
     let settings = RetrySettings::default();
