@@ -108,6 +108,14 @@ impl Client {
             (true, false) => builder.http2_prior_knowledge(),
         };
         let http = builder
+            // Never follow a redirect: reqwest's default follows up to 10, which
+            // would send a dial again to wherever `Location` points (307/308: the
+            // same body and Idempotency-Key, perhaps to another host) or turn it
+            // into a GET (301-303) whose answer would be read as the dial's. The 3xx
+            // itself is decided as a response that is not the envelope (SPEC section
+            // 8: the worker's dialing halts; the attempt may be placed, so its key is
+            // kept and it counts).
+            .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
             .default_headers(defaults)
             .user_agent(concat!("revdesk-dialer/", env!("CARGO_PKG_VERSION")))

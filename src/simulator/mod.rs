@@ -335,6 +335,7 @@ enum Answer {
     Html502,
     Empty500,
     TruncatedJson,
+    Redirect(u16),
 }
 
 impl Answer {
@@ -558,6 +559,7 @@ impl Sim {
             Action::Html502 => return Answer::Html502,
             Action::Empty500 => return Answer::Empty500,
             Action::TruncatedJson => return Answer::TruncatedJson,
+            Action::Redirect(status) => return Answer::Redirect(status),
             Action::Error {
                 code,
                 category,
@@ -1042,6 +1044,12 @@ async fn respond(sim: &Sim, answer: Answer, mut rec: RequestRecord, kill: KillSw
                 r#"{"error":{"code":"internal_error","categ"#,
             )
                 .into_response()
+        }
+        Answer::Redirect(status) => {
+            rec.status = Some(status);
+            sim.push_log(rec);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+            (status, [(header::LOCATION, "/v1/calls/dial")]).into_response()
         }
     };
     if !sim.sc.latency.is_zero() {

@@ -242,6 +242,10 @@ pub enum Action {
     Empty500,
     /// 500 with a JSON envelope cut in the middle.
     TruncatedJson,
+    /// A redirect (`redirect301`, `302`, `303`, `307`, `308`) to the dial endpoint
+    /// itself, as a proxy or a moved API would send; nothing placed. A client that
+    /// followed it would send the dial again (307/308) or as a GET (301-303).
+    Redirect(u16),
     /// An error envelope. Written as a known code (`dnc_suppressed`), whose category
     /// and status come from the reference, or as `code:category:status` for codes
     /// the reference does not list (`category` may be empty: no category).
@@ -262,6 +266,14 @@ impl Action {
             "html502" => Action::Html502,
             "empty500" => Action::Empty500,
             "truncated_json" => Action::TruncatedJson,
+            _ if s.starts_with("redirect") => match s["redirect".len()..].parse::<u16>() {
+                Ok(status @ (301 | 302 | 303 | 307 | 308)) => Action::Redirect(status),
+                _ => {
+                    return Err(ScenarioError::Invalid(format!(
+                        "`{s}`: write redirect301, redirect302, redirect303, redirect307 or redirect308"
+                    )));
+                }
+            },
             _ => {
                 if let Some((code, rest)) = s.split_once(':') {
                     let (category, status) = rest.split_once(':').ok_or_else(|| {
@@ -550,6 +562,22 @@ mod tests {
             "an outcome is not a dial answer"
         );
         assert!(Action::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn redirect_answers_name_a_redirect_status() {
+        assert_eq!(
+            Action::parse("redirect307").expect("307"),
+            Action::Redirect(307)
+        );
+        assert_eq!(
+            Action::parse("redirect301").expect("301"),
+            Action::Redirect(301)
+        );
+        for bad in ["redirect", "redirect200", "redirect304", "redirectx"] {
+            let e = Action::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(bad) && e.contains("redirect307"), "{bad}: {e}");
+        }
     }
 
     #[test]

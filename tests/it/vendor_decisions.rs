@@ -5,6 +5,7 @@ use chrono::Utc;
 use dialer::decision::{self, Action, DialContext, PauseCounts, RetrySettings};
 use dialer::revdesk::client::Client;
 use dialer::revdesk::codes::{Phase, REFERENCE};
+use dialer::revdesk::wire::DialResult;
 use dialer::simulator::scenario::Rule;
 use dialer::simulator::{Scenario, Simulator};
 use secrecy::SecretString;
@@ -170,6 +171,72 @@ async fn html_502_timeout_and_dropped_connection_are_retried_with_the_same_key()
         assert_eq!(kind(&d.action), "retry", "{result:?} -> {d:?}");
         assert!(d.keep_key && d.possibly_placed, "{d:?}");
     }
+}
+
+/// A redirect from the API (a proxy, a moved or mistyped `revdesk.base_url`) is
+/// never followed: followed, a 307/308 would send the dial again to wherever
+/// `Location` points, and a 301-303 would turn it into a GET whose answer would be
+/// read as the dial's. Each script answers the redirect, then would place the call:
+/// only the one request arrives, nothing is placed, and the 3xx is decided as a
+/// response that is not the envelope: the worker's dialing halts, the attempt is
+/// possibly placed (it counts) and its key is kept.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_halts_the_workers_dialing_keeping_the_key() {
+    let statuses = [301u16, 302, 303, 307, 308];
+    let number = |i: usize| format!("+1212234{:04}", 8950 + i);
+    let mut scenario = Scenario::default();
+    for (i, status) in statuses.iter().enumerate() {
+        scenario
+            .rules
+            .push(Rule::for_number(&number(i), &[&format!("redirect{status}"), "accept"]).unwrap());
+    }
+    let sim = Simulator::start(scenario).await.unwrap();
+    let client = Client::new(
+        &sim.base_url(),
+        &SecretString::from("sk_test"),
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        4,
+        false,
+    )
+    .unwrap();
+    let settings = RetrySettings::default();
+    let pauses = PauseCounts::default();
+    for (i, status) in statuses.iter().enumerate() {
+        let body = format!(
+            r#"{{"from_number":"+14155550100","to_number":"{}"}}"#,
+            number(i)
+        );
+        let result = client
+            .dial(&format!("redirect-{status}"), body.as_bytes())
+            .await;
+        match &result {
+            DialResult::NotEnvelope { status: got, .. } => assert_eq!(got, status),
+            other => panic!("{status}: expected the redirect itself, got {other:?}"),
+        }
+        let d = decision::decide_dial(
+            &result,
+            &ctx(&settings, &pauses),
+            Utc::now(),
+            &mut rand::rng(),
+        );
+        assert_eq!(kind(&d.action), "halt_worker", "{status}: {d:?}");
+        assert!(
+            d.keep_key && d.possibly_placed && d.attempt_counts,
+            "{status}: {d:?}"
+        );
+    }
+    let requests = sim.requests();
+    assert_eq!(
+        requests.len(),
+        statuses.len(),
+        "one request per dial: {requests:#?}"
+    );
+    for (r, status) in requests.iter().zip(statuses) {
+        assert_eq!(r.status, Some(status), "{r:?}");
+        assert_eq!(r.placed_call_id, None, "{r:?}");
+    }
+    assert!(sim.calls().is_empty(), "no call placed: {:?}", sim.calls());
 }
 
 /// Every final outcome, read back from the simulator's call resource, ends in the
