@@ -28,6 +28,14 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// How long a connection may take to send a request's headers, counted from when
+/// the server starts waiting for them, so it also bounds how long a kept-alive
+/// connection may sit idle between requests. The listener faces RevDesk (through an
+/// ingress): without it a client that opens connections and never finishes a
+/// request (slowloris) holds each one, and its buffers, for good. 30 s is hyper's
+/// own default, which hyper applies only when the server is given a timer.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves `router` on `listener` until `stop` fires, then lets open requests finish
 /// (each connection closes after its current response) and returns once every
 /// connection has closed.
@@ -41,14 +49,18 @@ pub fn router(app: Arc<App>) -> Router {
 /// dial rate (docs/benchmarks.md, Load, session 8), at 256 4-6 % and a fifth of the
 /// sender's CPU (session 12; the default is now 1,024). Every connection is still
 /// accepted and answered, so no delivery waits on another's idle connection.
+///
+/// A connection that has not sent a request's headers within `header_timeout` of
+/// the server waiting for them is closed ([`HEADER_READ_TIMEOUT`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     keep_alive: usize,
+    header_timeout: std::time::Duration,
     stop: CancellationToken,
 ) {
     use hyper::server::conn::http1;
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
     /// Counts a connection as open until it is dropped.
@@ -82,6 +94,8 @@ pub async fn serve(
         connections.spawn(async move {
             let conn = http1::Builder::new()
                 .keep_alive(keep)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -235,7 +249,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let router = Router::new().route("/", get(|| async { "ok" }));
-        let server = tokio::spawn(serve(listener, router, 1, stop.clone()));
+        let server = tokio::spawn(serve(
+            listener,
+            router,
+            1,
+            HEADER_READ_TIMEOUT,
+            stop.clone(),
+        ));
 
         // The first connection is kept alive: two requests on it.
         let mut first = TcpStream::connect(addr).await.unwrap();
@@ -265,6 +285,53 @@ mod tests {
         // Stopping closes the open connection and returns.
         stop.cancel();
         assert!(closed(&mut third).await);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_finishes_its_headers_or_sits_idle_is_closed() {
+        use std::time::{Duration, Instant};
+        const TIMEOUT: Duration = Duration::from_millis(300);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let server = tokio::spawn(serve(listener, router, 8, TIMEOUT, stop.clone()));
+
+        // Half a request head, then nothing (slowloris): closed after the timeout,
+        // not before, and not left open (bounded wait: 10 s).
+        let start = Instant::now();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nhost: te").await.unwrap();
+        let eof = tokio::time::timeout(Duration::from_secs(10), closed(&mut slow)).await;
+        assert_eq!(
+            eof,
+            Ok(true),
+            "the half-sent request's connection is closed"
+        );
+        assert!(
+            start.elapsed() >= TIMEOUT,
+            "closed after {:?}",
+            start.elapsed()
+        );
+
+        // A kept-alive connection is answered, then closed once idle that long.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(!request(&mut idle).await.contains("connection: close"));
+        let answered = Instant::now();
+        let eof = tokio::time::timeout(Duration::from_secs(10), closed(&mut idle)).await;
+        assert_eq!(eof, Ok(true), "the idle connection is closed");
+        assert!(
+            answered.elapsed() >= TIMEOUT,
+            "closed after {:?}",
+            answered.elapsed()
+        );
+
+        // A request sent in time on a fresh connection is served as before.
+        let mut fine = TcpStream::connect(addr).await.unwrap();
+        assert!(request(&mut fine).await.ends_with("ok"));
+
+        stop.cancel();
         server.await.unwrap();
     }
 }

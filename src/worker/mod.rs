@@ -74,7 +74,10 @@ pub async fn serve(
     let http = tokio::spawn({
         let c = http_cancel.clone();
         let keep_alive = app.settings.http.keep_alive_connections as usize;
-        async move { crate::http::serve(listener, router, keep_alive, c).await }
+        async move {
+            let header_timeout = crate::http::HEADER_READ_TIMEOUT;
+            crate::http::serve(listener, router, keep_alive, header_timeout, c).await
+        }
     });
     let maint = tokio::spawn({
         let app = app.clone();
