@@ -19,9 +19,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The largest webhook body taken (413 past it, before the signature is checked).
+/// An event is one call resource, about half a kilobyte (`revdesk-api-errors.md`);
+/// axum's default of 2 MiB per request let each open connection hold that much
+/// before anything was verified.
+pub const WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/webhooks/revdesk", post(webhook))
+        .route(
+            "/webhooks/revdesk",
+            post(webhook).layer(axum::extract::DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -645,6 +645,9 @@ both_backends! {
         let call_id = sim.calls()[0].id.clone();
         let body = serde_json::json!({"id": "evt_1", "type": "phone_call.ended", "created_at": "2026-11-18T20:00:05Z",
             "data": {"id": call_id, "status": "completed", "call_outcome": "completed"}}).to_string();
+        let padded = serde_json::json!({"id": "evt_1", "type": "phone_call.ended", "created_at": "2026-11-18T20:00:05Z",
+            "data": {"id": call_id, "status": "completed", "call_outcome": "completed"},
+            "padding": "x".repeat(dialer::http::WEBHOOK_BODY_LIMIT)}).to_string();
         let now = fixed_now().timestamp();
         let http = reqwest::Client::new();
         let url = format!("http://{addr}/webhooks/revdesk");
@@ -663,6 +666,8 @@ both_backends! {
             (Some(sign(now - 3600, &body, SECRET)), body.clone(), 401),
             (Some(sign(now, &body, SECRET)), body.replace("completed", "busy"), 401),
             (Some(sign(now, "{\"id\":", SECRET)), "{\"id\":".to_owned(), 400),
+            // Signed and otherwise valid, but past the body limit: refused unread.
+            (Some(sign(now, &padded, SECRET)), padded.clone(), 413),
         ];
         for (sig, b, want) in cases {
             let resp = post(sig, b).await.unwrap();
