@@ -311,6 +311,24 @@ impl Settings {
     }
 
     /// Checks values that parse but make no sense, naming the key.
+    /// The host of `revdesk.base_url` when it is plain `http://` to a host that is
+    /// not loopback: the API key would cross the network in clear text. Allowed (a
+    /// mesh or egress proxy may add the TLS), but the worker says so at start.
+    pub fn cleartext_api_host(&self) -> Option<String> {
+        let url = reqwest::Url::parse(&self.revdesk.base_url).ok()?;
+        if url.scheme() != "http" {
+            return None;
+        }
+        let host = url.host_str()?;
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        (!loopback).then(|| host.to_owned())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
@@ -570,6 +588,23 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
         })
+    }
+
+    #[test]
+    fn a_plain_http_api_url_off_loopback_is_named_as_cleartext() {
+        let mut s = Settings::defaults();
+        assert_eq!(s.cleartext_api_host(), None, "the https default");
+        for (url, want) in [
+            ("http://127.0.0.1:18181", None),
+            ("http://localhost:8080/", None),
+            ("http://[::1]:9000", None),
+            ("https://api.example.com", None),
+            ("http://api.example.com", Some("api.example.com")),
+            ("http://10.0.0.7:8080", Some("10.0.0.7")),
+        ] {
+            s.revdesk.base_url = url.to_owned();
+            assert_eq!(s.cleartext_api_host().as_deref(), want, "{url}");
+        }
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub fn build(
     clock: Clock,
     cancel: CancellationToken,
 ) -> Result<app::App, StartError> {
+    if let Some(host) = settings.cleartext_api_host() {
+        tracing::warn!(
+            host = %host,
+            "revdesk.base_url is plain http:// to a host that is not loopback: the API key \
+             crosses the network in clear text unless something on the way adds TLS"
+        );
+    }
     let engine = crate::compliance::Engine::new(&settings.compliance)
         .map_err(|e| StartError::Config("compliance", e.to_string()))?;
     let key = settings.revdesk.api_key.clone().ok_or_else(|| {
