@@ -310,7 +310,6 @@ impl Settings {
         Ok(())
     }
 
-    /// Checks values that parse but make no sense, naming the key.
     /// The host of `revdesk.base_url` when it is plain `http://` to a host that is
     /// not loopback: the API key would cross the network in clear text. Allowed (a
     /// mesh or egress proxy may add the TLS), but the worker says so at start.
@@ -329,6 +328,7 @@ impl Settings {
         (!loopback).then(|| host.to_owned())
     }
 
+    /// Checks values that parse but make no sense, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")

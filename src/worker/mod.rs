@@ -81,10 +81,8 @@ pub async fn serve(
     let http = tokio::spawn({
         let c = http_cancel.clone();
         let keep_alive = app.settings.http.keep_alive_connections as usize;
-        async move {
-            let header_timeout = crate::http::HEADER_READ_TIMEOUT;
-            crate::http::serve(listener, router, keep_alive, header_timeout, c).await
-        }
+        let header_timeout = crate::http::HEADER_READ_TIMEOUT;
+        async move { crate::http::serve(listener, router, keep_alive, header_timeout, c).await }
     });
     let maint = tokio::spawn({
         let app = app.clone();

@@ -38,6 +38,19 @@ fn expected(code: &str) -> &'static str {
     }
 }
 
+/// The real client against `sim` over HTTP/1.1 (`connect_timeout`, `timeout`).
+fn client(sim: &Simulator, connect_timeout: Duration, timeout: Duration) -> Client {
+    Client::new(
+        &sim.base_url(),
+        &SecretString::from("sk_test"),
+        connect_timeout,
+        timeout,
+        4,
+        false,
+    )
+    .unwrap()
+}
+
 fn kind(a: &Action) -> &'static str {
     match a {
         Action::Placed { .. } => "placed",
@@ -66,15 +79,7 @@ async fn every_synchronous_code_from_the_simulator_ends_in_the_specified_decisio
             .push(Rule::for_number(&format!("+1212234{:04}", 8000 + i), &[code]).unwrap());
     }
     let sim = Simulator::start(scenario).await.unwrap();
-    let client = Client::new(
-        &sim.base_url(),
-        &SecretString::from("sk_test"),
-        Duration::from_secs(2),
-        Duration::from_secs(5),
-        4,
-        false,
-    )
-    .unwrap();
+    let client = client(&sim, Duration::from_secs(2), Duration::from_secs(5));
     let settings = RetrySettings::default();
     let pauses = PauseCounts::default();
     let now = Utc::now();
@@ -144,15 +149,7 @@ async fn html_502_timeout_and_dropped_connection_are_retried_with_the_same_key()
             .push(Rule::for_number(&format!("+1212234{:04}", 8900 + i), &[action]).unwrap());
     }
     let sim = Simulator::start(scenario).await.unwrap();
-    let client = Client::new(
-        &sim.base_url(),
-        &SecretString::from("sk_test"),
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-        4,
-        false,
-    )
-    .unwrap();
+    let client = client(&sim, Duration::from_secs(1), Duration::from_secs(1));
     let settings = RetrySettings::default();
     let pauses = PauseCounts::default();
     for i in 0..3 {
@@ -191,15 +188,7 @@ async fn a_redirect_is_not_followed_and_halts_the_workers_dialing_keeping_the_ke
             .push(Rule::for_number(&number(i), &[&format!("redirect{status}"), "accept"]).unwrap());
     }
     let sim = Simulator::start(scenario).await.unwrap();
-    let client = Client::new(
-        &sim.base_url(),
-        &SecretString::from("sk_test"),
-        Duration::from_secs(1),
-        Duration::from_secs(5),
-        4,
-        false,
-    )
-    .unwrap();
+    let client = client(&sim, Duration::from_secs(1), Duration::from_secs(5));
     let settings = RetrySettings::default();
     let pauses = PauseCounts::default();
     for (i, status) in statuses.iter().enumerate() {
@@ -260,15 +249,7 @@ async fn every_final_outcome_from_the_simulator_ends_in_the_specified_decision()
         scenario.rules.push(r);
     }
     let sim = Simulator::start(scenario).await.unwrap();
-    let client = Client::new(
-        &sim.base_url(),
-        &SecretString::from("sk_test"),
-        Duration::from_secs(2),
-        Duration::from_secs(5),
-        4,
-        false,
-    )
-    .unwrap();
+    let client = client(&sim, Duration::from_secs(2), Duration::from_secs(5));
     let settings = RetrySettings::default();
     for (i, (o, want)) in outcomes.iter().enumerate() {
         let body = format!(
