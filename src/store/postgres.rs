@@ -20,18 +20,20 @@ mod wsql {
 }
 
 /// The counted calls (SPEC section 6, frequency cap: placed, possibly placed or
-/// reserved, in every campaign) of each distinct number of `$1` created after `$2`,
-/// by number, oldest first. One index probe per number by construction: `OFFSET 0`
+/// reserved, in every campaign) of each distinct number of `$1` counted after `$2`,
+/// by number, oldest first. A call counts at its last send, the latest moment it can
+/// have been placed, not at its creation (migrations/postgres/20261205000001_cap_counted_at.sql). One index probe per number by construction: `OFFSET 0`
 /// keeps the lateral subquery from being flattened into a join, which the planner,
 /// on an `attempts` table it has no statistics for yet (a new table filling at
 /// thousands of rows a second, before autovacuum's first ANALYZE), runs as a
 /// sequential scan of the whole table per batch (seen: 11-14 ms per 200 numbers at
 /// 20,000 rows, growing with the table, against 3.5 ms with the probes).
-const COUNTED_CALLS: &str = "SELECT p.phone, c.created_at_ms \
+const COUNTED_CALLS: &str = "SELECT p.phone, c.at \
      FROM (SELECT DISTINCT phone FROM unnest($1::text[]) AS t(phone)) p \
-     CROSS JOIN LATERAL (SELECT a.created_at_ms FROM attempts a WHERE a.phone = p.phone \
-       AND a.placement <> 'not_placed' AND a.created_at_ms > $2 OFFSET 0) c \
-     ORDER BY p.phone, c.created_at_ms";
+     CROSS JOIN LATERAL (SELECT COALESCE(a.last_sent_at_ms, a.created_at_ms) AS at FROM attempts a \
+       WHERE a.phone = p.phone AND a.placement <> 'not_placed' \
+       AND COALESCE(a.last_sent_at_ms, a.created_at_ms) > $2 OFFSET 0) c \
+     ORDER BY p.phone, c.at";
 
 /// Appends ` = ANY($n)` with the values (numbers or ids) as one array parameter, for a batch's
 /// membership test (`WHERE phone = ANY($1)`). The statement's text is then the same

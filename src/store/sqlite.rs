@@ -32,7 +32,8 @@ where
 }
 
 /// The counted calls (SPEC section 6, frequency cap: placed, possibly placed or
-/// reserved, in every campaign) of `phones` created after `after_ms`, by number,
+/// reserved, in every campaign) of `phones` counted after `after_ms` (at their last
+/// send: migrations/sqlite/20261205000001_cap_counted_at.sql), by number,
 /// oldest first (SQLite plans `phone IN (...)` as one index probe per number).
 pub(crate) async fn counted_calls(
     pool: &SqlitePool,
@@ -40,12 +41,13 @@ pub(crate) async fn counted_calls(
     after_ms: i64,
 ) -> sqlx::Result<Vec<(String, i64)>> {
     let mut qb = QueryBuilder::<sqlx::Sqlite>::new(
-        "SELECT phone, created_at_ms FROM attempts WHERE placement <> 'not_placed' AND created_at_ms > ",
+        "SELECT phone, COALESCE(last_sent_at_ms, created_at_ms) AS at FROM attempts \
+         WHERE placement <> 'not_placed' AND COALESCE(last_sent_at_ms, created_at_ms) > ",
     );
     qb.push_bind(after_ms);
     qb.push(" AND phone");
     push_in(&mut qb, phones);
-    qb.push(" ORDER BY phone, created_at_ms");
+    qb.push(" ORDER BY phone, at");
     qb.build_query_as().fetch_all(pool).await
 }
 

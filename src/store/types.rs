@@ -217,9 +217,19 @@ pub struct AttemptRow {
     pub sends: i32,
     pub created_at_ms: i64,
     pub first_sent_at_ms: Option<i64>,
+    pub last_sent_at_ms: Option<i64>,
     pub call_id: Option<String>,
     pub placed_at_ms: Option<i64>,
     pub outcome_code: Option<String>,
+}
+
+impl AttemptRow {
+    /// When the attempt counts toward frequency caps (SPEC section 6): its last
+    /// send, the latest moment it can have been placed; its creation if never sent.
+    /// The stores' counted-calls queries time it the same way.
+    pub fn counted_at_ms(&self) -> i64 {
+        self.last_sent_at_ms.unwrap_or(self.created_at_ms)
+    }
 }
 
 /// Which condition the job part of an update requires.
@@ -348,6 +358,9 @@ pub struct SendRequest {
 
 /// What a dispatch did with one [`SendRequest`].
 #[derive(Debug, Clone, PartialEq)]
+// One per send of a dispatch, short-lived: boxing the attempt would cost an
+// allocation per dial to save a few hundred bytes for the rare other variants.
+#[allow(clippy::large_enum_variant)]
 pub enum Dispatched {
     /// Recorded and counted as sent: the request may leave now.
     Sent(AttemptRow),

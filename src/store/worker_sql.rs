@@ -41,7 +41,7 @@ macro_rules! worker_sql {
         pub(crate) const JOB_COLS: &str = "id, campaign_id, phone, timezone, state, postal_code, attempts, \
             provider_retries, provider_requeues, vendor_refusals, current_attempt_id";
         pub(crate) const ATTEMPT_COLS: &str = "id, job_id, campaign_id, phone, attempt_no, idempotency_key, \
-            request_body, placement, sends, created_at_ms, first_sent_at_ms, call_id, placed_at_ms, outcome_code";
+            request_body, placement, sends, created_at_ms, first_sent_at_ms, last_sent_at_ms, call_id, placed_at_ms, outcome_code";
 
         pub(crate) fn attempt_from_row(r: &$Row) -> Result<AttemptRow> {
             let placement: String = r.try_get("placement")?;
@@ -57,6 +57,7 @@ macro_rules! worker_sql {
                 sends: r.try_get("sends")?,
                 created_at_ms: r.try_get("created_at_ms")?,
                 first_sent_at_ms: r.try_get("first_sent_at_ms")?,
+                last_sent_at_ms: r.try_get("last_sent_at_ms")?,
                 call_id: r.try_get("call_id")?,
                 placed_at_ms: r.try_get("placed_at_ms")?,
                 outcome_code: r.try_get("outcome_code")?,
@@ -247,12 +248,13 @@ macro_rules! worker_sql {
             Ok(())
         }
 
-        /// Epoch-ms times of the number's counted calls since `since_ms`, oldest first.
+        /// Epoch-ms times of the number's counted calls since `since_ms`, oldest first,
+        /// each at its last send (the latest moment it can have been placed).
         #[allow(dead_code)] // SQLite's; PostgreSQL runs a set-based version
         async fn counted_calls(conn: &mut <$DB as sqlx::Database>::Connection, phone: &str, since_ms: i64) -> Result<Vec<i64>> {
             Ok(sqlx::query_scalar(
-                "SELECT created_at_ms FROM attempts WHERE phone = $1 AND placement <> 'not_placed' AND created_at_ms > $2 \
-                 ORDER BY created_at_ms",
+                "SELECT COALESCE(last_sent_at_ms, created_at_ms) AS at FROM attempts WHERE phone = $1 \
+                 AND placement <> 'not_placed' AND COALESCE(last_sent_at_ms, created_at_ms) > $2 ORDER BY at",
             )
             .bind(phone)
             .bind(since_ms)

@@ -537,10 +537,24 @@ impl App {
                 continue;
             }
 
-            let f = facts
+            let mut f = facts
                 .get(&(job.campaign_id, job.phone.clone()))
                 .cloned()
                 .unwrap_or_default();
+            // An unresolved attempt is re-sent under its key: not a new call, so it
+            // does not count against itself (the dispatch checks caps for new
+            // attempts only). Counted, it would hold its own "retry in 5m, same key"
+            // (SPEC section 8) back until its key expired. Other calls still count.
+            if let Some(own) = job
+                .current_attempt
+                .as_ref()
+                .filter(|a| matches!(a.placement, Placement::Reserved | Placement::PossiblyPlaced))
+            {
+                let at = own.counted_at_ms();
+                if let Some(i) = f.counted_calls_ms.iter().position(|t| *t == at) {
+                    f.counted_calls_ms.remove(i);
+                }
+            }
             let verdict =
                 self.engine
                     .evaluate(&recipient, &campaign.policy, &engine_facts(&f), now);

@@ -231,6 +231,47 @@ both_backends! {
 }
 
 both_backends! {
+    /// An ambiguous attempt is requeued "same key" (SPEC section 8) and, when due,
+    /// re-sent: a re-send is not a new call, so under a cap of 1 a day the attempt's
+    /// own count must not hold it back (the dispatch already checks caps for new
+    /// attempts only). Counted against itself at the claim, the re-send waited a
+    /// day, by which time revdesk.key_ttl had run out and the attempt was settled
+    /// unsent.
+    async fn a_requeued_ambiguous_attempt_is_re_sent_under_its_own_cap(db) {
+        let store = &db.store;
+        let capped = format!("{OPEN_CAMPAIGN}frequency_cap = {{ calls = 1, per = \"24h\" }}\n");
+        let id = campaign(store, &capped).await;
+        contacts(store, id, vec![contact("+12122345612")]).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut scenario = Scenario::default();
+        scenario.rules = vec![dialer::simulator::scenario::Rule::for_number("+12122345612", &["empty500", "accept"]).unwrap()];
+        let sim = simulator(scenario, &listener).await;
+        let addr = listener.local_addr().unwrap();
+        let extra = [("retry.provider_max", toml::Value::Integer(0))];
+        run_until_idle(store, settings(&db.url, &sim, &extra), listener).await;
+        assert_eq!(sim.requests().len(), 1);
+        let st = store.status(Some("open"), fixed_now().timestamp_millis()).await.unwrap();
+        assert_eq!(st.campaigns[0].jobs["queued"], 1, "requeued after the 5xx: {st:?}");
+
+        // The requeue's delay (5 minutes) has passed.
+        let due = fixed_now().timestamp_millis();
+        let sql = format!("UPDATE jobs SET due_at_ms = {due}");
+        if db.url.starts_with("sqlite:") {
+            sqlx::query(&sql).execute(&sqlx::SqlitePool::connect(&db.url).await.unwrap()).await.unwrap();
+        } else {
+            sqlx::query(&sql).execute(&sqlx::PgPool::connect(&db.url).await.unwrap()).await.unwrap();
+        }
+        // Same port: the simulator's webhooks go there.
+        let listener = TcpListener::bind(addr).await.unwrap();
+        run_until_idle(store, settings(&db.url, &sim, &extra), listener).await;
+        let reqs = sim.requests();
+        assert_eq!(reqs.len(), 2, "the requeued attempt was not re-sent: {reqs:?}");
+        assert_eq!(reqs[0].idempotency_key, reqs[1].idempotency_key, "re-sent under its key");
+        assert_eq!(sim.calls().len(), 1);
+    }
+}
+
+both_backends! {
     /// Guarantee 2 over `revdesk.http2`: the dials share one connection, so the
     /// simulator dropping it under one dial makes every dial then in flight ambiguous;
     /// each is re-sent under its own key and every contact gets exactly one call.

@@ -558,3 +558,59 @@ async fn postgres_imports_leave_planner_statistics_for_the_loaded_tables() {
         assert_eq!(rows, 300.0, "{table}: statistics of the loaded rows");
     }
 }
+
+both_backends! {
+    /// A call counts toward frequency caps from the last time it was sent, the
+    /// latest moment it can have been placed (SPEC section 6; section 7: an
+    /// ambiguous attempt is re-sent under its key for up to revdesk.key_ttl), not from
+    /// when its attempt was created. Created at NOW and placed by a re-send 7 hours
+    /// later, the call holds a cap of 1 a day until NOW + 7h + 1 day, in the atomic
+    /// check of the dispatch (another campaign, same number) and in the claim-time
+    /// facts alike. Timed by creation, the second call went out at NOW + 1 day + 1h:
+    /// two calls 18 hours apart.
+    async fn a_call_placed_by_a_re_send_counts_from_that_send(db) {
+        use dialer::store::{Dispatch, Dispatched, SendKind, SendRequest};
+        let a = campaign(&db.store).await;
+        let spec = CampaignSpec::parse(&CAMPAIGN.replace("renewals-2026", "winback")).unwrap();
+        let b = db.store.apply_campaign(&spec, NOW).await.unwrap().0.id;
+        let (_d, path) = write_file("a.csv", b"phone\n2122345601\n");
+        import::import_contacts(&db.store, a, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        let hour = 3_600_000;
+        let day = 24 * hour;
+        let first = db.store.claim("w1", 10, NOW, 60_000, None).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let job = &first[0];
+        let send = |job_id: i64, campaign_id: i64, send: SendKind, now_ms: i64| Dispatch {
+            owner: "w1".into(), audits: vec![], writes: vec![],
+            sends: vec![SendRequest { job_id, campaign_id, phone: job.phone.clone(), send, now_ms }],
+        };
+        let new = |key: &str| SendKind::New { key: key.into(), body: "{}".into(), caps: vec![(1, day)], requeue_jitter_ms: 0 };
+        let attempt = match &db.store.dispatch(&send(job.id, a, new("k1"), NOW)).await.unwrap().sends[0] {
+            Dispatched::Sent(x) => x.clone(),
+            other => panic!("expected a send, got {other:?}"),
+        };
+        // The answer was ambiguous; seven hours later the same key is sent again.
+        let resent = db.store.dispatch(&send(job.id, a, SendKind::Resend { attempt_id: attempt.id }, NOW + 7 * hour))
+            .await.unwrap();
+        match &resent.sends[0] {
+            Dispatched::Sent(x) => {
+                assert_eq!((x.idempotency_key.as_str(), x.counted_at_ms()), ("k1", NOW + 7 * hour));
+            }
+            other => panic!("expected a re-send, got {other:?}"),
+        }
+
+        // The same number in another campaign, a day and an hour after the creation.
+        let later = NOW + day + hour;
+        let (_d2, path2) = write_file("b.csv", b"phone\n2122345601\n");
+        import::import_contacts(&db.store, b, NOW, &path2, Box::new(NoProgress)).await.unwrap();
+        let other = db.store.claim("w1", 10, later, 60_000, None).await.unwrap();
+        assert_eq!(other.iter().map(|j| j.campaign_id).collect::<Vec<_>>(), [b]);
+        let facts = db.store.facts(std::slice::from_ref(&job.phone), Some("winback"), later - day).await.unwrap();
+        assert_eq!(facts[0].counted_calls_ms, [NOW + 7 * hour], "the claim-time facts time the call at its re-send");
+        let r = db.store.dispatch(&Dispatch {
+            owner: "w1".into(), audits: vec![], writes: vec![],
+            sends: vec![SendRequest { job_id: other[0].id, campaign_id: b, phone: job.phone.clone(), send: new("k2"), now_ms: later }],
+        }).await.unwrap();
+        assert_eq!(r.sends[0], Dispatched::CapReached { retry_at_ms: NOW + 7 * hour + day });
+    }
+}
