@@ -235,11 +235,20 @@ macro_rules! shared_sql {
                             .push_bind(r.expires_at_ms)
                             .push_bind(r.revoked_at_ms);
                     });
-                    // A revocation is applied by a later file, never undone by one.
+                    // The same grant in a later file can only narrow it: a revocation
+                    // is applied and never undone, and an expiry is applied where the
+                    // grant had none or a later one, never lengthened or removed (a
+                    // consent that ends is no longer "valid now", SPEC section 6;
+                    // 47 CFR 64.1200(a)(2)-(3)). Renewing a consent is a new grant.
                     qb.push(
                         " ON CONFLICT (phone, campaign, kind, granted_at_ms) DO UPDATE SET \
-                         revoked_at_ms = COALESCE(consents.revoked_at_ms, excluded.revoked_at_ms) \
-                         WHERE consents.revoked_at_ms IS NULL AND excluded.revoked_at_ms IS NOT NULL",
+                         revoked_at_ms = COALESCE(consents.revoked_at_ms, excluded.revoked_at_ms), \
+                         expires_at_ms = CASE WHEN excluded.expires_at_ms IS NOT NULL AND \
+                           (consents.expires_at_ms IS NULL OR excluded.expires_at_ms < consents.expires_at_ms) \
+                           THEN excluded.expires_at_ms ELSE consents.expires_at_ms END \
+                         WHERE (consents.revoked_at_ms IS NULL AND excluded.revoked_at_ms IS NOT NULL) \
+                           OR (excluded.expires_at_ms IS NOT NULL AND \
+                             (consents.expires_at_ms IS NULL OR excluded.expires_at_ms < consents.expires_at_ms))",
                     );
                     loaded += qb.build().execute(&mut *tx).await?.rows_affected();
                 }

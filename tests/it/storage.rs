@@ -172,7 +172,9 @@ both_backends! {
 }
 
 both_backends! {
-    async fn consent_revocations_apply_and_are_never_undone_by_a_later_file(db) {
+    /// A later file can narrow a grant (revoke it, give it an expiry or an earlier
+    /// one), never widen it again.
+    async fn consent_revocations_and_expiries_apply_and_are_never_undone_by_a_later_file(db) {
         let (_d, granted) = write_file(
             "c1.csv",
             b"phone,campaign,kind,granted_at,expires_at,revoked_at\n2122345678,,express_written,2026-01-01,,\n3122345678,,express,2026-01-01,2027-01-01,\n5,,express,2026-01-01,,\n3122345679,,written,2026-01-01,,\n3122345670,,express,someday,,\n",
@@ -188,6 +190,20 @@ both_backends! {
         let f = db.store.facts(&["+12122345678".to_owned()], None, 0).await.unwrap();
         assert_eq!(f[0].consents.len(), 1);
         assert!(f[0].consents[0].revoked_at_ms.is_some(), "a later file un-revoked a consent");
+
+        // Expiries: one added where there was none, one later than the stored one.
+        let (_d3, expiring) = write_file(
+            "c3.csv",
+            b"phone,campaign,kind,granted_at,expires_at,revoked_at\n2122345678,,express_written,2026-01-01,2026-03-01,\n3122345678,,express,2026-01-01,2028-01-01,\n",
+        );
+        import::import_consents(&db.store, &expiring, Box::new(NoProgress)).await.unwrap();
+        import::import_consents(&db.store, &granted, Box::new(NoProgress)).await.unwrap();
+        let ms = |d: &str| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap()
+            .and_hms_opt(0, 0, 0).unwrap().and_utc().timestamp_millis();
+        let phones = ["+12122345678".to_owned(), "+13122345678".to_owned()];
+        let f = db.store.facts(&phones, None, 0).await.unwrap();
+        assert_eq!(f[0].consents[0].expires_at_ms, Some(ms("2026-03-01")), "the added expiry applies and stays");
+        assert_eq!(f[1].consents[0].expires_at_ms, Some(ms("2027-01-01")), "a later file lengthened a consent");
     }
 }
 
