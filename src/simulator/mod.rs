@@ -670,7 +670,9 @@ impl Sim {
         let n = self.call_seq.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = Arc::from(format!("call_{:08x}{n:08x}", self.instance));
         let placed_at = self.clock.now();
-        let delay = self.sc.outcomes.delay;
+        let delay = rule
+            .and_then(|i| self.sc.rules[i].duration)
+            .unwrap_or(self.sc.outcomes.delay);
         let ends_at = placed_at + chrono::Duration::from_std(delay).unwrap_or_default();
         let (forget, webhook) = rule.map_or((false, true), |i| {
             (self.sc.rules[i].forget, self.sc.rules[i].webhook)
@@ -1075,6 +1077,12 @@ async fn get_call(
     }) = sim.authorize(&headers)
     {
         return envelope(status, &code, category.as_deref(), fields);
+    }
+    if !sim.sc.get_latency.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(sim.sc.get_latency) => {}
+            () = sim.cancel.cancelled() => {}
+        }
     }
     match sim.call(&id).filter(|c| !c.forget) {
         Some(call) => {

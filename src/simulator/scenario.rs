@@ -48,6 +48,10 @@ pub struct Scenario {
     /// How long `stall` and `accept_then_stall` hold the response before answering.
     #[serde(deserialize_with = "duration")]
     pub stall_for: Duration,
+    /// Added before every `GET /v1/calls/{id}` answer (a slow vendor, for
+    /// reconciliation tests).
+    #[serde(deserialize_with = "duration")]
+    pub get_latency: Duration,
     /// `Retry-After` seconds sent with `rate_limited` and `no_number_available`.
     pub retry_after_secs: u64,
     /// Shape of the 202 body: `data_id` (`{"data":{"id"}}`), `data_call_id` or `call_id`.
@@ -88,6 +92,7 @@ impl Default for Scenario {
             seed: 1,
             latency: Duration::ZERO,
             stall_for: Duration::from_secs(120),
+            get_latency: Duration::ZERO,
             retry_after_secs: 1,
             accept_shape: AcceptShape::DataId,
             minutes_budget: None,
@@ -209,6 +214,9 @@ pub struct Rule {
     /// True: `GET /v1/calls/{id}` answers 404 `not_found` for these calls (a vendor
     /// that lost or expired them), for reconciliation tests.
     pub forget: bool,
+    /// How long calls to these numbers last; none: `outcomes.delay`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub duration: Option<Duration>,
 }
 
 impl Rule {
@@ -477,6 +485,10 @@ fn all_days() -> Vec<Weekday> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn time_zone<'de, D: Deserializer<'de>>(d: D) -> Result<chrono_tz::Tz, D::Error> {

@@ -191,6 +191,10 @@ macro_rules! impl_store {
                 wsql::unsettled_attempts(&self.pool, placed_before_ms, limit).await
             }
 
+            async fn defer_reconcile(&self, job_ids: &[i64], now_ms: i64) -> Result<()> {
+                wsql::defer_reconcile(&self.pool, job_ids, now_ms).await
+            }
+
             $($specific)*
         }
     };
@@ -422,6 +426,11 @@ pub trait Store: Send + Sync + 'static {
         placed_before_ms: i64,
         limit: u32,
     ) -> Result<Vec<AttemptRow>>;
+    /// Starts the wait of these jobs, if still awaiting an outcome, again from
+    /// `now_ms`: reconciliation asked about their calls and could not settle them
+    /// (not ended yet, or the lookup failed). Without it the same oldest calls
+    /// would fill every pass and the calls behind them would never be asked about.
+    async fn defer_reconcile(&self, job_ids: &[i64], now_ms: i64) -> Result<()>;
 }
 
 /// Epoch milliseconds to RFC 3339 (UTC), for output.

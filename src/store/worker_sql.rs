@@ -793,11 +793,30 @@ macro_rules! worker_sql {
             Ok(rows.into_iter().map(|(event_id, call_id, body)| InboxEvent { event_id, call_id, body }).collect())
         }
 
+        /// Jobs still awaiting an outcome that reconciliation asked about and could
+        /// not settle: their wait starts again (`updated_at_ms`), so the next passes
+        /// ask about other calls first.
+        pub(crate) async fn defer_reconcile(pool: &$Pool, job_ids: &[i64], now_ms: i64) -> Result<()> {
+            if job_ids.is_empty() {
+                return Ok(());
+            }
+            let mut qb = QueryBuilder::<$DB>::new("UPDATE jobs SET updated_at_ms = ");
+            qb.push_bind(now_ms);
+            qb.push(" WHERE status = 'awaiting_outcome' AND id");
+            super::push_in(&mut qb, job_ids);
+            qb.build().execute(pool).await?;
+            Ok(())
+        }
+
+        /// The current attempts of the jobs that have awaited an outcome longest
+        /// (since the 202, or since reconciliation last asked about them: see
+        /// `defer_reconcile`), so that every pass reaches calls no earlier pass asked
+        /// about (index `jobs_awaiting`).
         pub(crate) async fn unsettled_attempts(pool: &$Pool, placed_before_ms: i64, limit: u32) -> Result<Vec<AttemptRow>> {
             let sql = format!(
                 "SELECT {ATTEMPT_COLS} FROM attempts WHERE id IN (SELECT current_attempt_id FROM jobs \
-                 WHERE status = 'awaiting_outcome' AND updated_at_ms <= $1) AND placed_at_ms <= $1 \
-                 ORDER BY placed_at_ms LIMIT $2"
+                 WHERE status = 'awaiting_outcome' AND updated_at_ms <= $1 \
+                 ORDER BY updated_at_ms LIMIT $2) AND placed_at_ms <= $1 ORDER BY placed_at_ms"
             );
             let rows = sqlx::query(&sql).bind(placed_before_ms).bind(limit as i64).fetch_all(pool).await?;
             rows.iter().map(attempt_from_row).collect()

@@ -88,6 +88,10 @@ pub async fn serve(
         let app = app.clone();
         async move { app.maintenance_loop().await }
     });
+    let reconcile = tokio::spawn({
+        let app = app.clone();
+        async move { app.reconcile_loop().await }
+    });
     tracing::info!(worker_id = %app.worker_id, backend = app.store.backend().as_str(), "worker started");
     let result = app.claim_loop(until_idle).await;
     app.cancel.cancel();
@@ -96,6 +100,7 @@ pub async fn serve(
     // the grace period (Kubernetes would SIGKILL it anyway).
     let tail = async {
         let _ = maint.await;
+        let _ = reconcile.await;
         app.store.deregister_worker(&app.worker_id).await.ok();
         http_cancel.cancel();
         let _ = http.await;

@@ -20,6 +20,10 @@ use std::sync::Arc;
 const GROUP_MAX: usize = 512;
 /// Group commits of one kind written at once.
 const GROUP_PARALLEL: usize = 2;
+/// Calls one reconciliation pass asks the vendor about.
+const RECONCILE_BATCH: u32 = 200;
+/// Reconciliation lookups in flight at once.
+const RECONCILE_PARALLEL: usize = 4;
 /// A stored event not applied after this long is applied by the inbox sweeper.
 const SWEEP_AFTER_MS: i64 = 2_000;
 
@@ -478,24 +482,51 @@ impl App {
     }
 
     /// Calls placed longer than `outcome_timeout` ago whose jobs still await an
-    /// outcome: ask the vendor, and apply the answers in one batch.
+    /// outcome: ask the vendor (a few lookups at once), and apply the answers in one
+    /// batch. A call not ended yet, or whose lookup failed, waits another
+    /// `outcome_timeout` so the calls behind it get their turn. The first failed
+    /// lookup (rate limit, outage, credentials) ends the pass: the rest are asked
+    /// on a later pass rather than sent into the same fault.
     pub async fn reconcile_once(self: &Arc<Self>) -> anyhow::Result<usize> {
-        let before = self.now() - self.settings.outcome_timeout.chrono();
+        use futures::StreamExt;
+        let now = self.now();
+        let before = now - self.settings.outcome_timeout.chrono();
         let attempts = self
             .store
-            .unsettled_attempts(before.timestamp_millis(), 200)
+            .unsettled_attempts(before.timestamp_millis(), RECONCILE_BATCH)
             .await?;
+        let mut lookups = futures::stream::iter(attempts.into_iter().filter_map(|a| {
+            let call_id = a.call_id.clone()?;
+            let client = self.client.clone();
+            Some(async move {
+                let answer = client.get_call(&call_id).await;
+                (a.job_id, call_id, answer)
+            })
+        }))
+        .buffer_unordered(RECONCILE_PARALLEL);
         let mut inputs = Vec::new();
-        for a in attempts {
-            let Some(call_id) = a.call_id.clone() else {
-                continue;
+        let mut deferred = Vec::new();
+        loop {
+            let next = tokio::select! {
+                next = lookups.next() => next,
+                _ = self.cancel.cancelled() => None,
             };
-            let outcome = match self.client.get_call(&call_id).await {
-                Ok(call) => OwnedOutcome::Call(call),
+            let Some((job_id, call_id, answer)) = next else {
+                break;
+            };
+            let outcome = match answer {
+                Ok(call) => {
+                    if !call.is_final() {
+                        deferred.push(job_id);
+                    }
+                    OwnedOutcome::Call(call)
+                }
                 Err(CallLookupError::NotFound) => OwnedOutcome::NotFound,
                 Err(e) => {
-                    tracing::warn!(call_id = %call_id, error = %e, "reconciliation lookup failed; will retry");
-                    continue;
+                    tracing::warn!(call_id = %call_id, error = %e,
+                        "reconciliation lookup failed; the rest of this pass waits for the next");
+                    deferred.push(job_id);
+                    break;
                 }
             };
             inputs.push(OutcomeInput {
@@ -504,6 +535,10 @@ impl App {
                 event_id: None,
             });
         }
+        drop(lookups);
+        self.store
+            .defer_reconcile(&deferred, now.timestamp_millis())
+            .await?;
         if inputs.is_empty() {
             return Ok(0);
         }

@@ -205,9 +205,38 @@ impl App {
                 continue;
             }
             idle_rounds = 0;
-            {
+            // A job this worker claims again while one of its own tasks still holds
+            // it: its lease expired under that task (another worker recovered it)
+            // and the claim made this worker its owner again, so the old task's
+            // decision would pass the lease guard and act on what it last knew of
+            // the attempt (e.g. a new key after a definitive answer, while the new
+            // claim re-sends the possibly placed one: two calls). Given back at
+            // once, the old task's writes fail their guard, and the job is claimed
+            // again once that task has ended (SPEC section 7: no lease expiry may
+            // cause a second call).
+            let stale: Vec<i64> = {
                 let mut held = self.held.lock().expect("poisoned");
+                let stale: Vec<i64> = claimed
+                    .iter()
+                    .map(|(j, _)| j.id)
+                    .filter(|id| held.contains(id))
+                    .collect();
+                claimed.retain(|(j, _)| !stale.contains(&j.id));
                 held.extend(claimed.iter().map(|(j, _)| j.id));
+                stale
+            };
+            for id in stale {
+                tracing::warn!(
+                    job_id = id,
+                    "claimed a job this worker's earlier task still holds (its lease expired): giving it back"
+                );
+                if let Err(e) = self.store.release(id, &self.worker_id, now_ms).await {
+                    tracing::warn!(job_id = id, error = %e, "release failed; the lease will expire");
+                }
+            }
+            if claimed.is_empty() {
+                self.nap(poll).await;
+                continue;
             }
             let facts = match self.facts_for(&claimed).await {
                 Ok(f) => f,
@@ -289,12 +318,13 @@ impl App {
         Ok(out)
     }
 
-    /// Heartbeats, lease recovery, the live-worker share of the rate, reconciliation
-    /// and gauges, until cancelled.
+    /// Heartbeats, lease recovery, the live-worker share of the rate, the inbox
+    /// sweeper and gauges, until cancelled. Nothing here waits on the API:
+    /// reconciliation, which does, has its own task ([`App::reconcile_loop`]), so a
+    /// slow or failing vendor can never hold the heartbeat back past the lease.
     pub async fn maintenance_loop(self: &Arc<Self>) {
         let lease = self.settings.worker.lease.get();
         let beat = lease / 3;
-        let mut last_reconcile = std::time::Instant::now();
         let mut last_gauges = std::time::Instant::now() - Duration::from_secs(60);
         let mut last_beat: Option<std::time::Instant> = None;
         let tick = beat.min(Duration::from_secs(1));
@@ -302,14 +332,6 @@ impl App {
             if last_beat.is_none_or(|t| t.elapsed() >= beat) {
                 last_beat = Some(std::time::Instant::now());
                 self.beat_once(lease).await;
-            }
-            if last_reconcile.elapsed()
-                >= Duration::from_secs(10).min(self.settings.outcome_timeout.get())
-            {
-                last_reconcile = std::time::Instant::now();
-                if let Err(e) = self.reconcile_once().await {
-                    tracing::warn!(error = %e, "reconciliation failed");
-                }
             }
             if let Err(e) = self.sweep_inbox().await {
                 tracing::warn!(error = %e, "inbox sweep failed");
@@ -322,6 +344,21 @@ impl App {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {},
                 _ = self.cancel.cancelled() => break,
+            }
+        }
+    }
+
+    /// Reconciliation of calls with no outcome after `outcome_timeout` (SPEC
+    /// section 9), every 10 s (or `outcome_timeout`, if shorter), until cancelled.
+    pub async fn reconcile_loop(self: &Arc<Self>) {
+        let every = Duration::from_secs(10).min(self.settings.outcome_timeout.get());
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {},
+                _ = self.cancel.cancelled() => break,
+            }
+            if let Err(e) = self.reconcile_once().await {
+                tracing::warn!(error = %e, "reconciliation failed");
             }
         }
     }
@@ -341,7 +378,11 @@ impl App {
             .heartbeat(&self.worker_id, &held, lease.as_millis() as i64, now_ms)
             .await
         {
+            // The database is failing us: no recovery of others' leases on this
+            // beat either (a worker that cannot renew its own should not be the
+            // one to judge others dead).
             tracing::warn!(error = %e, "heartbeat failed");
+            return;
         }
         match self
             .store

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod demo;
 mod e2e;
+mod reconcile;
 mod storage;
 mod vendor;
 mod vendor_decisions;

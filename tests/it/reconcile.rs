@@ -1,0 +1,177 @@
+//! Reconciliation (SPEC section 9): calls with no outcome after `outcome_timeout`
+//! are asked about with `GET /v1/calls/{id}`. A slow vendor must not stop the
+//! heartbeat (leases would expire under dials in flight), and calls that cannot be
+//! settled yet must not keep the calls behind them from ever being asked about.
+
+// A scenario reads best as the default plus the few knobs each test turns.
+#![allow(clippy::field_reassign_with_default)]
+
+use crate::both_backends;
+use crate::e2e::{campaign, clock, contact, contacts, fixed_now, settings, simulator, wait_until};
+use dialer::clock::Clock;
+use dialer::simulator::Rule;
+use dialer::simulator::Scenario;
+use dialer::store::DynStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const CAMPAIGN: &str = r#"
+name = "recon"
+from_number = "+14155550100"
+window = { start = "09:00", end = "20:00" }
+require_consent = false
+max_attempts = 1
+"#;
+
+/// A worker started in this process, serving until [`Running::stop`].
+struct Running {
+    app: Arc<dialer::worker::app::App>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(
+        store: &DynStore,
+        settings: dialer::config::Settings,
+        listener: TcpListener,
+        clock: Clock,
+    ) -> Running {
+        let app = dialer::worker::build(settings, store.clone(), clock, CancellationToken::new())
+            .expect("build worker");
+        let app = Arc::new(app);
+        let task = tokio::spawn(dialer::worker::serve(app.clone(), listener, false));
+        Running { app, task }
+    }
+
+    async fn stop(self) {
+        self.app.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the worker did not stop")
+            .expect("worker task")
+            .expect("worker failed");
+    }
+}
+
+fn prefix_rule(prefix: &str, duration: Option<Duration>) -> Rule {
+    Rule {
+        prefix: Some(prefix.into()),
+        webhook: false,
+        duration,
+        ..Rule::default()
+    }
+}
+
+async fn jobs(store: &DynStore, state: &str) -> i64 {
+    let st = store
+        .status(Some("recon"), fixed_now().timestamp_millis())
+        .await
+        .expect("status");
+    st.campaigns[0].jobs.get(state).copied().unwrap_or(0) as i64
+}
+
+both_backends! {
+    /// More calls overdue than one pass asks about, the oldest of them not ended:
+    /// each pass used to ask about the same 200 oldest calls and never reach the
+    /// ones behind them. Calls asked about and not ended now wait another
+    /// `outcome_timeout`, so the calls placed later are reached and settled.
+    async fn calls_behind_a_full_pass_of_unended_calls_are_settled(db) {
+        let store = &db.store;
+        let id = campaign(store, CAMPAIGN).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut scenario = Scenario::default();
+        // 210 calls that last an hour, then 5 that end at once; no webhooks at all.
+        scenario.rules = vec![
+            prefix_rule("+1212234", Some(Duration::from_secs(3600))),
+            prefix_rule("+1646234", None),
+        ];
+        let sim = simulator(scenario, &listener).await;
+        let s = |v: &str| toml::Value::String(v.into());
+        let settings = settings(
+            &db.url,
+            &sim,
+            &[("outcome_timeout", s("1s"))],
+        );
+        let worker = Running::start(store, settings, listener, clock()).await;
+
+        let long: Vec<_> = (0..210).map(|i| contact(&format!("+1212234{:04}", 1000 + i))).collect();
+        contacts(store, id, long).await;
+        wait_until(Duration::from_secs(60), "the 210 long calls are placed", || async {
+            jobs(store, "awaiting_outcome").await == 210
+        })
+        .await;
+        // Placed after the long ones: the oldest 200 unsettled calls are all long.
+        let short: Vec<_> = (0..5).map(|i| contact(&format!("+1646234{:04}", 1000 + i))).collect();
+        contacts(store, id, short).await;
+        wait_until(Duration::from_secs(60), "the 5 ended calls are settled by GET", || async {
+            jobs(store, "done").await == 5
+        })
+        .await;
+        assert_eq!(jobs(store, "awaiting_outcome").await, 210, "the long calls have not ended");
+        worker.stop().await;
+        assert_eq!(sim.calls().len(), 215, "one call per contact");
+    }
+}
+
+both_backends! {
+    /// A vendor whose `GET /v1/calls/{id}` hangs until the client times out: the
+    /// heartbeat goes on (it used to wait behind reconciliation, one timeout per
+    /// overdue call, long enough for the worker's leases to expire and its jobs to
+    /// be recovered by other workers while it was still dialing them).
+    async fn a_hanging_lookup_never_stops_the_heartbeat(db) {
+        let store = &db.store;
+        let id = campaign(store, CAMPAIGN).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut scenario = Scenario::default();
+        scenario.rules = vec![prefix_rule("+1212234", None)];
+        scenario.get_latency = Duration::from_secs(600);
+        let sim = simulator(scenario, &listener).await;
+        let s = |v: &str| toml::Value::String(v.into());
+        // Lease 3 s, a heartbeat every second; each lookup hangs for the 2 s timeout.
+        let settings = settings(
+            &db.url,
+            &sim,
+            &[
+                ("outcome_timeout", s("1s")),
+                ("worker.lease", s("3s")),
+            ],
+        );
+        // The worker's own clock: the heartbeat is written in its time.
+        let worker_clock = clock();
+        let worker = Running::start(store, settings, listener, worker_clock.clone()).await;
+        let worker_id = worker.app.worker_id.clone();
+        let numbers: Vec<_> = (0..6).map(|i| contact(&format!("+1212234{:04}", 1000 + i))).collect();
+        contacts(store, id, numbers).await;
+        wait_until(Duration::from_secs(60), "the calls are placed", || async {
+            jobs(store, "awaiting_outcome").await == 6
+        })
+        .await;
+        // Reconciliation now asks about 6 calls, each lookup hanging for the 2 s
+        // client timeout. For 8 s, the worker's heartbeat is never older than the
+        // lease: the database would otherwise judge it dead.
+        let lease_ms = 3_000;
+        let until = std::time::Instant::now() + Duration::from_secs(8);
+        let mut checks = 0;
+        while std::time::Instant::now() < until {
+            // Heartbeats are on the database's clock (PostgreSQL on this machine), or
+            // on the worker's (SQLite: one process).
+            let now = match store.backend() {
+                dialer::store::Backend::Postgres => chrono::Utc::now(),
+                dialer::store::Backend::Sqlite => worker_clock.now(),
+            }
+            .timestamp_millis();
+            let live = store.live_workers(now - lease_ms).await.expect("live workers");
+            assert!(
+                live.contains(&worker_id),
+                "the heartbeat stopped while reconciliation waited on the vendor (check {checks})"
+            );
+            checks += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(checks >= 20, "the heartbeat was checked throughout: {checks}");
+        assert_eq!(jobs(store, "awaiting_outcome").await, 6, "nothing settled without an answer");
+        worker.stop().await;
+    }
+}
