@@ -341,8 +341,12 @@ impl Engine {
                 PrefixZones::Geographic(prefix, z) => {
                     add(&mut zones, z);
                     let names: Vec<&str> = z.iter().map(|z| z.name()).collect();
+                    let overlay = TABLES
+                        .overlay_parent(npa)
+                        .map(|p| format!(" (overlay of area code {p})"))
+                        .unwrap_or_default();
                     sources.push(format!(
-                        "{}: the number's prefix +{prefix}",
+                        "{}: the number's prefix +{prefix}{overlay}",
                         names.join(", ")
                     ));
                 }

@@ -730,6 +730,42 @@ fn a_florida_panhandle_exchange_uses_central_time() {
 }
 
 #[test]
+fn an_unlisted_florida_panhandle_exchange_waits_for_central_time_too() {
+    let e = engine();
+    // 850-222 is not listed by exchange: it may be in the Central part of 850, so
+    // 08:30 Eastern (07:30 Central) is too early (every candidate zone must allow it).
+    let r = e.recipient(&phone("+18502221234"), None, None, None);
+    assert_eq!(r.zones, vec![America__Chicago, America__New_York]);
+    requeued(
+        &e.evaluate_time(&r, &live(), at(America__New_York, "2026-07-15 08:30")),
+        Rule::CallingWindow,
+        America__Chicago,
+        "2026-07-15 08:00",
+    );
+}
+
+#[test]
+fn an_overlay_number_waits_for_every_zone_of_the_area_code_it_overlays() {
+    let e = engine();
+    // 448 overlays 850; the data alone says Eastern. 08:30 Eastern is 07:30 Central.
+    let r = e.recipient(&phone("+14482221234"), None, None, None);
+    assert_eq!(r.zones, vec![America__Chicago, America__New_York]);
+    assert!(
+        r.zone_sources
+            .iter()
+            .any(|s| s.contains("overlay of area code 850")),
+        "{:?}",
+        r.zone_sources
+    );
+    requeued(
+        &e.evaluate_time(&r, &live(), at(America__New_York, "2026-07-15 08:30")),
+        Rule::CallingWindow,
+        America__Chicago,
+        "2026-07-15 08:00",
+    );
+}
+
+#[test]
 fn a_toll_free_number_with_nothing_known_must_suit_every_us_zone_but_not_guam() {
     let e = engine();
     let r = e.recipient(&phone(TOLL_FREE), None, None, None);

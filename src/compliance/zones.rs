@@ -3,13 +3,45 @@
 //! postal-code letter -> province. All embedded with `include_str!` and parsed once.
 
 use chrono_tz::Tz;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 pub const PREFIX_ZONES_TSV: &str = include_str!("../../data/nanp_prefix_zones.tsv");
 pub const AREA_CODES_TSV: &str = include_str!("../../data/nanp_area_codes.tsv");
 pub const STATE_ZONES_TSV: &str = include_str!("../../data/state_zones.tsv");
 pub const ZIP3_TSV: &str = include_str!("../../data/us_zip3_states.tsv");
+
+/// Overlay area codes -> the area code they overlay (same territory, so the same
+/// candidate zones, region and states). Source: the North American Numbering Plan
+/// Administrator's overlay assignments (NANPA NPA relief planning letters, as announced by
+/// the state commissions and the CRTC). `Tables::parse` gives each overlay its parent's
+/// zones *in addition to* any the data has for it (zones only widen: every candidate zone
+/// must allow the call, 47 CFR 64.1200(c)(1), 16 CFR 310.4(c)), and its parent's region
+/// and states when the data has none. Pairs whose overlay the data already gives exactly
+/// its parent's zones (e.g. 326/937, 945/214) are not listed: they would change nothing.
+pub const OVERLAYS: &[(u16, u16)] = &[
+    // In the data, but with fewer zones than the parent.
+    (448, 850), // FL panhandle: the data has Eastern only, 850 is Eastern and Central
+    (364, 270), // KY: Eastern only in the data, 270 is Eastern and Central
+    (930, 812), // IN: Eastern only in the data, 812 is Eastern and Central
+    (458, 541), // OR: Pacific only in the data, 541 is Pacific and Mountain
+    (689, 407), // FL (Orlando): the data says Central, 407 is Eastern
+    (986, 208), // ID: the data lacks 208's Mountain exchanges
+    (474, 306), // SK: the data says Winnipeg, 306 is Regina (no daylight time)
+    (879, 709), // NL: the data lacks 709's Atlantic (Labrador) exchanges
+    (236, 250), // BC (250/604/778 complex): the data lacks 250's Mountain exchanges
+    (257, 250),
+    (672, 250),
+    (367, 418), // QC: the data lacks 418's Atlantic exchanges
+    (581, 418),
+    // Not in the data at all (newer than libphonenumber's tables).
+    (357, 559), // CA, in service 2025
+    (436, 440), // OH, in service 2024
+    (457, 318), // LA, in service 2025
+    (624, 716), // NY, in service 2023
+    (729, 423), // TN, in service 2025; 423 is Eastern and Central
+    (861, 309), // IL (Peoria, west-central), in service 2023; it overlays 309, not 815
+];
 
 /// The parsed tables.
 pub struct Tables {
@@ -56,10 +88,70 @@ fn tz(name: &str) -> Tz {
         .unwrap_or_else(|_| panic!("unknown IANA zone in embedded data: {name}"))
 }
 
+fn add_zones(into: &mut Vec<Tz>, zones: &[Tz]) {
+    for z in zones {
+        if !into.contains(z) {
+            into.push(*z);
+        }
+    }
+}
+
+/// The union of the zones of `prefix`'s row and of every longer row under it.
+fn zones_under(rows: &BTreeMap<&str, Vec<Tz>>, prefix: &str) -> Vec<Tz> {
+    let mut out = Vec::new();
+    for (_, z) in rows
+        .range(prefix..)
+        .take_while(|(p, _)| p.starts_with(prefix))
+    {
+        add_zones(&mut out, z);
+    }
+    out
+}
+
+/// The prefix rows as the lookup uses them (national digits -> zones). Zones only widen
+/// (SPEC.md section 6: every candidate zone must allow the call, 47 CFR 64.1200(c)(1),
+/// 16 CFR 310.4(c)):
+/// - a row answers for every number under it that no longer row matches (an exchange the
+///   data does not list), and such a number may be anywhere its area code is: so a row
+///   gets the union of its own zones and those of every longer row under it (an unlisted
+///   850 exchange waits for Eastern and Central);
+/// - an overlay area code (`OVERLAYS`) covers its parent's whole territory: its rows
+///   shorter than a whole exchange (NPA-NXX) also get every zone of the parent, and it
+///   gets an area-code row if the data has none.
+///
+/// A listed exchange (an NPA-NXX row, or a row under it) keeps exactly its own zones.
+/// The whole-country row is not part of this: it is never a geographic answer.
+fn widened_prefix_rows(file: &BTreeMap<&str, Vec<Tz>>) -> BTreeMap<String, Vec<Tz>> {
+    let mut out: BTreeMap<String, Vec<Tz>> = file
+        .keys()
+        .map(|p| (p.to_string(), zones_under(file, p)))
+        .collect();
+    for &(overlay, parent) in OVERLAYS {
+        let (overlay, parent) = (overlay.to_string(), parent.to_string());
+        let inherited = zones_under(file, &parent);
+        if inherited.is_empty() {
+            continue; // checked by `every_overlay_parent_is_in_the_data_...`
+        }
+        out.entry(overlay.clone()).or_default();
+        for (p, z) in out.range_mut(overlay.clone()..) {
+            if !p.starts_with(&overlay) {
+                break;
+            }
+            if p.len() < 6 {
+                add_zones(z, &inherited);
+            }
+        }
+    }
+    for z in out.values_mut() {
+        z.sort_by_key(|z| z.name());
+    }
+    out
+}
+
 impl Tables {
     fn parse() -> Tables {
-        let mut prefixes = HashMap::new();
-        let mut sets: Vec<Vec<Tz>> = Vec::new();
+        let mut file: BTreeMap<&str, Vec<Tz>> = BTreeMap::new();
+        let mut country: Option<Vec<Tz>> = None;
         for r in rows(PREFIX_ZONES_TSV) {
             let (Some(prefix), Some(zones)) = (r.first(), r.get(1)) else {
                 continue;
@@ -68,6 +160,17 @@ impl Tables {
                 continue;
             };
             let zones: Vec<Tz> = zones.split(',').map(tz).collect();
+            if rest.is_empty() {
+                country = Some(zones);
+            } else {
+                file.insert(rest, zones);
+            }
+        }
+        let widened = widened_prefix_rows(&file);
+        let country = country.map(|z| (String::new(), z));
+        let mut prefixes = HashMap::new();
+        let mut sets: Vec<Vec<Tz>> = Vec::new();
+        for (rest, zones) in country.into_iter().chain(widened) {
             let id = match sets.iter().position(|s| *s == zones) {
                 Some(i) => i,
                 None => {
@@ -88,7 +191,7 @@ impl Tables {
                 continue;
             };
             let region = r.get(1).copied().unwrap_or("").to_owned();
-            let states = r
+            let states: Vec<String> = r
                 .get(2)
                 .map(|s| {
                     s.split(',')
@@ -98,6 +201,21 @@ impl Tables {
                 })
                 .unwrap_or_default();
             area_codes.insert(npa, (region, states));
+        }
+        // An overlay has its parent's region, and at least its parent's states.
+        for &(overlay, parent) in OVERLAYS {
+            let Some((p_region, p_states)) = area_codes.get(&parent).cloned() else {
+                continue;
+            };
+            let (region, states) = area_codes.entry(overlay).or_default();
+            if region.is_empty() {
+                *region = p_region;
+            }
+            for s in p_states {
+                if !states.contains(&s) {
+                    states.push(s);
+                }
+            }
         }
         let mut states = HashMap::new();
         for r in rows(STATE_ZONES_TSV) {
@@ -170,6 +288,14 @@ impl Tables {
             .get(&(0, 0))
             .map(|&id| self.sets[id as usize].as_slice())
             .unwrap_or(&[])
+    }
+
+    /// The area code an overlay area code overlays (`OVERLAYS`), if it is one.
+    pub fn overlay_parent(&self, npa: u16) -> Option<u16> {
+        OVERLAYS
+            .iter()
+            .find(|&&(overlay, _)| overlay == npa)
+            .map(|&(_, parent)| parent)
     }
 
     /// ISO region of an area code (`US`, `CA`, `PR`, `JM`, ...).
@@ -257,17 +383,44 @@ mod tests {
     }
 
     #[test]
-    fn longest_prefix_lookup_gives_the_file_zones_for_every_prefix_in_it() {
+    fn longest_prefix_lookup_gives_every_row_the_zones_of_the_rows_under_it() {
+        // Zones only widen: a row answers for every number under it that no longer row
+        // matches, so it carries its own zones and those of every longer row under it;
+        // an overlay's rows shorter than a whole exchange also carry its parent's.
+        // Computed here by brute force over the file, independently of `Tables::parse`.
         let t = &*TABLES;
+        let file: Vec<(&str, Vec<Tz>)> = rows(PREFIX_ZONES_TSV)
+            .map(|r| (&r[0][1..], r[1].split(',').map(tz).collect()))
+            .collect();
+        let under = |p: &str, into: &mut Vec<Tz>| {
+            for (q, z) in &file {
+                if q.starts_with(p) {
+                    for z in z {
+                        if !into.contains(z) {
+                            into.push(*z);
+                        }
+                    }
+                }
+            }
+        };
         let mut checked = 0;
         for r in rows(PREFIX_ZONES_TSV) {
             let prefix = r[0];
-            let want: Vec<Tz> = r[1].split(',').map(tz).collect();
             let rest = &prefix[1..];
             if rest.is_empty() {
+                let want: Vec<Tz> = r[1].split(',').map(tz).collect();
                 assert_eq!(t.country_row(), want.as_slice());
                 continue;
             }
+            let mut want = Vec::new();
+            under(rest, &mut want);
+            let overlay = rest.get(..3).and_then(|n| n.parse::<u16>().ok());
+            if let Some(&(_, parent)) = OVERLAYS.iter().find(|&&(o, _)| Some(o) == overlay) {
+                if rest.len() < 6 {
+                    under(&parent.to_string(), &mut want);
+                }
+            }
+            want.sort_by_key(|z| z.name());
             // Pad the prefix to a full number with digits that no longer row extends:
             // try each padding digit until the lookup stops at this very row.
             let mut found = false;
@@ -291,15 +444,169 @@ mod tests {
         assert!(checked > 1900);
     }
 
+    /// The zones the lookup gives a national number, sorted by name (empty when only the
+    /// whole-country row matched).
+    fn zones_of(national: &str) -> Vec<&'static str> {
+        let mut z: Vec<&str> = match TABLES.prefix_zones(national) {
+            PrefixZones::Geographic(_, z) => z.iter().map(|z| z.name()).collect(),
+            PrefixZones::NonGeographic => Vec::new(),
+        };
+        z.sort_unstable();
+        z
+    }
+
     #[test]
     fn a_split_area_code_resolves_to_the_exchange_zone() {
-        let t = &*TABLES;
-        let chicago: &[Tz] = &[Tz::America__Chicago];
-        let ny: &[Tz] = &[Tz::America__New_York];
-        assert!(
-            matches!(t.prefix_zones("8504321234"), PrefixZones::Geographic(_, z) if z == chicago)
+        // 850-432 is listed (Pensacola, Central): it keeps its own zone.
+        assert_eq!(zones_of("8504321234"), ["America/Chicago"]);
+        // 850-222 is not listed. This test used to expect New York alone (the file's
+        // whole-850 row), but an unlisted 850 exchange may be anywhere 850 is, Central
+        // included, so it must wait for both zones (47 CFR 64.1200(c)(1): every candidate
+        // zone must allow the call).
+        assert_eq!(
+            zones_of("8502221234"),
+            ["America/Chicago", "America/New_York"]
         );
-        assert!(matches!(t.prefix_zones("8502221234"), PrefixZones::Geographic(_, z) if z == ny));
+    }
+
+    #[test]
+    fn an_unlisted_exchange_gets_every_zone_of_its_area_code() {
+        // 850: Eastern and Central (the panhandle west of the Apalachicola).
+        assert_eq!(
+            zones_of("8502221234"),
+            ["America/Chicago", "America/New_York"]
+        );
+        // 907-200 is unlisted: Alaska's every zone, the Aleutians' (907-581) included.
+        assert_eq!(
+            zones_of("9072001234"),
+            [
+                "America/Adak",
+                "America/Anchorage",
+                "America/Juneau",
+                "Pacific/Honolulu"
+            ]
+        );
+        // 270 (Kentucky), 541 (Oregon), 928 (Arizona, Navajo Nation on Denver time).
+        assert_eq!(
+            zones_of("2702001234"),
+            ["America/Chicago", "America/New_York"]
+        );
+        assert_eq!(
+            zones_of("5412001234"),
+            ["America/Denver", "America/Los_Angeles"]
+        );
+        assert_eq!(
+            zones_of("9282001234"),
+            ["America/Denver", "America/Phoenix"]
+        );
+        // A row shorter than an exchange but longer than the area code widens too:
+        // 208-2 (no 208 row in the file) covers 208-2xx exchanges in three zones.
+        assert_eq!(
+            zones_of("2082001234"),
+            ["America/Boise", "America/Denver", "America/Los_Angeles"]
+        );
+    }
+
+    #[test]
+    fn a_listed_exchange_keeps_its_own_zones() {
+        assert_eq!(zones_of("8504321234"), ["America/Chicago"]);
+        assert_eq!(zones_of("9075811234"), ["Pacific/Honolulu"]);
+        assert_eq!(zones_of("9072091234"), ["America/Juneau"]);
+        assert_eq!(zones_of("2082011234"), ["America/Denver"]);
+        assert_eq!(
+            zones_of("2084321234"),
+            ["America/Boise", "America/Los_Angeles"]
+        );
+        assert_eq!(zones_of("2702021234"), ["America/Chicago"]);
+        assert_eq!(zones_of("5413721234"), ["America/Denver"]);
+        assert_eq!(
+            zones_of("9282831234"),
+            ["America/Denver", "America/Phoenix"]
+        );
+        // A single-zone area code is unchanged.
+        assert_eq!(zones_of("2122341234"), ["America/New_York"]);
+    }
+
+    #[test]
+    fn an_overlay_gets_its_parents_zones() {
+        let t = &*TABLES;
+        // 448 overlays 850: the file gives it Eastern only.
+        assert_eq!(
+            zones_of("4482001234"),
+            ["America/Chicago", "America/New_York"]
+        );
+        // 364 overlays 270, 930 overlays 812, 458 overlays 541.
+        assert_eq!(
+            zones_of("3642001234"),
+            ["America/Chicago", "America/New_York"]
+        );
+        assert_eq!(
+            zones_of("9302001234"),
+            ["America/Chicago", "America/New_York"]
+        );
+        assert_eq!(
+            zones_of("4582001234"),
+            ["America/Denver", "America/Los_Angeles"]
+        );
+        // 689 overlays 407 (Orlando): the file says Central only; Eastern is added.
+        assert_eq!(
+            zones_of("6892001234"),
+            ["America/Chicago", "America/New_York"]
+        );
+        // 986 overlays 208: the file lacks 208's Mountain exchanges.
+        assert_eq!(
+            zones_of("9862001234"),
+            ["America/Boise", "America/Denver", "America/Los_Angeles"]
+        );
+        // 729 overlays 423 and is not in the file at all: it gets 423's zones, region
+        // and state instead of being taken for a non-geographic number.
+        assert_eq!(
+            zones_of("7292001234"),
+            ["America/Chicago", "America/New_York"]
+        );
+        assert_eq!(t.area_code_region(729), Some("US"));
+        assert_eq!(t.area_code_states(729), ["TN".to_string()]);
+        // 457 overlays 318 (Louisiana): its state's rules apply by area code.
+        assert_eq!(zones_of("4572001234"), ["America/Chicago"]);
+        assert_eq!(t.area_code_states(457), ["LA".to_string()]);
+        // 474 overlays 306 (Saskatchewan, no daylight time): Regina is added.
+        assert_eq!(
+            zones_of("4742001234"),
+            ["America/Regina", "America/Winnipeg"]
+        );
+        assert_eq!(t.overlay_parent(448), Some(850));
+        assert_eq!(t.overlay_parent(212), None);
+    }
+
+    #[test]
+    fn every_overlay_parent_is_in_the_data_and_no_overlay_is_overlaid() {
+        let t = &*TABLES;
+        for &(overlay, parent) in OVERLAYS {
+            assert!(
+                t.area_code_region(parent).is_some(),
+                "{overlay}: parent {parent} has no region"
+            );
+            assert!(
+                matches!(
+                    t.prefix_zones(&format!("{parent}2001234")),
+                    PrefixZones::Geographic(..)
+                ),
+                "{overlay}: parent {parent} has no prefix row"
+            );
+            assert!(
+                OVERLAYS.iter().all(|&(o, _)| o != parent),
+                "{parent} is both a parent and an overlay"
+            );
+            assert_eq!(
+                OVERLAYS.iter().filter(|&&(o, _)| o == overlay).count(),
+                1,
+                "{overlay} listed twice"
+            );
+            // An overlay's states include its parent's.
+            for s in t.area_code_states(parent) {
+                assert!(t.area_code_states(overlay).contains(s), "{overlay}: {s}");
+            }
+        }
     }
 
     #[test]
