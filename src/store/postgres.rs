@@ -900,7 +900,8 @@ async fn dispatch_set(pool: &PgPool, d: &Dispatch) -> Result<DispatchResult> {
         // docs/benchmarks.md, session 14). Joined on the key alone, each row is one
         // primary-key probe.
         let updated = sqlx::query(
-            "UPDATE jobs j SET status = 'dialing', current_attempt_id = u.attempt_id, updated_at_ms = u.now_ms \
+            "UPDATE jobs j SET status = 'dialing', current_attempt_id = u.attempt_id, provider_retries = 0, \
+             updated_at_ms = u.now_ms \
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms) \
              WHERE j.id = u.job_id",
         )

@@ -555,7 +555,8 @@ macro_rules! worker_sql {
                                 .await?;
                             let attempt = attempt_from_row(&row)?;
                             sqlx::query(
-                                "UPDATE jobs SET status = 'dialing', current_attempt_id = $2, updated_at_ms = $3 WHERE id = $1",
+                                "UPDATE jobs SET status = 'dialing', current_attempt_id = $2, provider_retries = 0, \
+                                 updated_at_ms = $3 WHERE id = $1",
                             )
                             .bind(s.job_id)
                             .bind(attempt.id)

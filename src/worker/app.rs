@@ -714,6 +714,11 @@ impl App {
                     let permit = permits.split(1);
                     let app = self.clone();
                     let mut job = a.job;
+                    if job.current_attempt.as_ref().map(|c| c.id) != Some(attempt.id) {
+                        // A new attempt: its provider retries start at 0 (the store
+                        // reset the column with the reservation).
+                        job.provider_retries = 0;
+                    }
                     job.current_attempt = Some(attempt.clone());
                     let ready = Box::new(Ready {
                         job,

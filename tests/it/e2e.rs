@@ -272,6 +272,56 @@ both_backends! {
 }
 
 both_backends! {
+    /// `retry.provider_max` same-key retries are per attempt (SPEC section 8): a
+    /// new attempt starts with none used. The job's count used to carry over, so
+    /// the second attempt's first 5xx found the retries spent and the job was
+    /// dropped `provider_failed` instead of retried.
+    async fn a_new_attempt_starts_with_no_provider_retries_used(db) {
+        let store = &db.store;
+        let two = OPEN_CAMPAIGN.replace("max_attempts = 1", "max_attempts = 2");
+        let id = campaign(store, &two).await;
+        contacts(store, id, vec![contact("+12122345613")]).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut scenario = Scenario::default();
+        let script = ["internal_error", "internal_error", "accept", "internal_error", "accept"];
+        let mut rule = dialer::simulator::scenario::Rule::for_number("+12122345613", &script).unwrap();
+        rule.outcomes = vec![
+            dialer::simulator::Outcome::parse("busy").unwrap(),
+            dialer::simulator::Outcome::Completed,
+        ];
+        scenario.rules = vec![rule];
+        let sim = simulator(scenario, &listener).await;
+        let addr = listener.local_addr().unwrap();
+        let extra = [
+            ("retry.provider_max", toml::Value::Integer(2)),
+            ("retry.provider_requeues", toml::Value::Integer(0)),
+        ];
+        run_until_idle(store, settings(&db.url, &sim, &extra), listener).await;
+        assert_eq!(sim.requests().len(), 3, "two retries, then placed");
+        let st = store.status(Some("open"), fixed_now().timestamp_millis()).await.unwrap();
+        assert_eq!(st.campaigns[0].jobs["queued"], 1, "busy: requeued for attempt 2: {st:?}");
+
+        // The busy requeue's delay has passed.
+        let due = fixed_now().timestamp_millis();
+        let sql = format!("UPDATE jobs SET due_at_ms = {due}");
+        if db.url.starts_with("sqlite:") {
+            sqlx::query(&sql).execute(&sqlx::SqlitePool::connect(&db.url).await.unwrap()).await.unwrap();
+        } else {
+            sqlx::query(&sql).execute(&sqlx::PgPool::connect(&db.url).await.unwrap()).await.unwrap();
+        }
+        let listener = TcpListener::bind(addr).await.unwrap();
+        run_until_idle(store, settings(&db.url, &sim, &extra), listener).await;
+        let reqs = sim.requests();
+        assert_eq!(reqs.len(), 5, "attempt 2 retried its 5xx: {reqs:?}");
+        assert_eq!(reqs[3].idempotency_key, reqs[4].idempotency_key, "retried under its key");
+        assert_ne!(reqs[0].idempotency_key, reqs[3].idempotency_key, "a new attempt, a new key");
+        assert_eq!(sim.calls().len(), 2);
+        let st = store.status(Some("open"), fixed_now().timestamp_millis()).await.unwrap();
+        assert_eq!(st.campaigns[0].jobs["done"], 1, "{st:?}");
+    }
+}
+
+both_backends! {
     /// Guarantee 2 over `revdesk.http2`: the dials share one connection, so the
     /// simulator dropping it under one dial makes every dial then in flight ambiguous;
     /// each is re-sent under its own key and every contact gets exactly one call.
