@@ -467,6 +467,29 @@ pub fn carrier_reputation_bad(recent_outcomes: u32, carrier_rejected: u32) -> bo
     carrier_rejected.min(RECENT_WINDOW) * 2 >= total
 }
 
+/// A campaign's last [`RECENT_WINDOW`] final outcomes, one per attempt: whether each
+/// was `carrier_rejected`. The same attempt's outcome recorded twice (a webhook
+/// delivered twice at once, a webhook racing reconciliation: only one of their
+/// guarded writes applies) counts once, so duplicates cannot pause a campaign for
+/// rejections that did not happen.
+#[derive(Debug, Default, Clone)]
+pub struct RecentOutcomes(std::collections::VecDeque<(i64, bool)>);
+
+impl RecentOutcomes {
+    /// Records the outcome of `attempt_id`; returns (outcomes, carrier_rejected) in
+    /// the window, for [`carrier_reputation_bad`].
+    pub fn record(&mut self, attempt_id: i64, carrier_rejected: bool) -> (u32, u32) {
+        if !self.0.iter().any(|(id, _)| *id == attempt_id) {
+            self.0.push_back((attempt_id, carrier_rejected));
+            while self.0.len() > RECENT_WINDOW as usize {
+                self.0.pop_front();
+            }
+        }
+        let rejected = self.0.iter().filter(|(_, r)| *r).count();
+        (self.0.len() as u32, rejected as u32)
+    }
+}
+
 /// How a synchronous answer is handled. One row per behaviour of SPEC section 8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncRoute {

@@ -986,6 +986,27 @@ fn the_reputation_rule_needs_ten_rejections_or_half_of_a_short_history() {
 }
 
 #[test]
+fn an_attempts_outcome_counts_once_in_the_reputation_window() {
+    let mut w = RecentOutcomes::default();
+    for id in 0..11 {
+        w.record(id, false);
+    }
+    for id in 11..20 {
+        w.record(id, true);
+    }
+    assert_eq!(w.record(19, true), (20, 9), "attempt 19 planned again");
+    // Counted twice, the duplicate would push out an outcome that was fine and
+    // make 10 of 20: the campaign paused for a rejection that did not happen.
+    assert!(!carrier_reputation_bad(20, 9));
+    assert_eq!(w.record(20, true), (20, 10), "a new attempt's rejection counts");
+    assert!(carrier_reputation_bad(20, 10));
+    for id in 21..60 {
+        w.record(id, false);
+    }
+    assert_eq!(w.record(59, false), (20, 0), "the window keeps the last 20 attempts");
+}
+
+#[test]
 fn a_declined_call_drops_declined() {
     let d = outcome(&call(Some("call_declined"), Some("unreachable"), "failed"));
     assert_eq!(

@@ -22,7 +22,7 @@ use crate::worker::breaker::CircuitBreaker;
 use crate::worker::outcomes::WebhookResult;
 use crate::worker::pacing::{Pacer, PacerConfig};
 use chrono::{DateTime, Utc};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,7 +63,7 @@ pub struct App {
     worker_halt: Mutex<Option<(String, DateTime<Utc>)>>,
     campaigns: Mutex<HashMap<i64, (Instant, Arc<CampaignCtx>)>>,
     /// Per campaign, whether each of the last 20 outcomes was `carrier_rejected`.
-    recent_outcomes: Mutex<HashMap<i64, VecDeque<bool>>>,
+    recent_outcomes: Mutex<HashMap<i64, crate::decision::RecentOutcomes>>,
     pause_counts: Mutex<PauseCounts>,
     /// Jobs this worker holds, released on shutdown if still held.
     pub(crate) held: Mutex<HashSet<i64>>,
@@ -150,7 +150,9 @@ impl App {
     pub(crate) fn worker_halt_mutex(&self) -> &Mutex<Option<(String, DateTime<Utc>)>> {
         &self.worker_halt
     }
-    pub(crate) fn recent_lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, VecDeque<bool>>> {
+    pub(crate) fn recent_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<i64, crate::decision::RecentOutcomes>> {
         self.recent_outcomes.lock().expect("poisoned")
     }
     pub(crate) fn consecutive_429s(&self) -> u32 {

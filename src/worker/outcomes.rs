@@ -377,7 +377,7 @@ impl App {
             })
             .unwrap_or_else(|| "none".into());
         let (recent, rejected) =
-            self.record_recent_outcome(attempt.campaign_id, code == "carrier_rejected");
+            self.record_recent_outcome(attempt.campaign_id, attempt.id, code == "carrier_rejected");
         let ctx = OutcomeContext {
             settings: &campaign.settings,
             attempts: t.job_attempts.max(1) as u32,
@@ -603,14 +603,17 @@ impl App {
         Ok(())
     }
 
-    /// Remembers one outcome of the campaign; returns (outcomes, carrier_rejected) of the last 20.
-    fn record_recent_outcome(&self, campaign: i64, carrier_rejected: bool) -> (u32, u32) {
-        let mut map = self.recent_lock();
-        let q = map.entry(campaign).or_default();
-        q.push_back(carrier_rejected);
-        while q.len() > decision::RECENT_WINDOW as usize {
-            q.pop_front();
-        }
-        (q.len() as u32, q.iter().filter(|b| **b).count() as u32)
+    /// Remembers one outcome of the campaign, once per attempt; returns (outcomes,
+    /// carrier_rejected) of the last 20 (see [`decision::RecentOutcomes`]).
+    fn record_recent_outcome(
+        &self,
+        campaign: i64,
+        attempt_id: i64,
+        carrier_rejected: bool,
+    ) -> (u32, u32) {
+        self.recent_lock()
+            .entry(campaign)
+            .or_default()
+            .record(attempt_id, carrier_rejected)
     }
 }
