@@ -998,12 +998,20 @@ fn an_attempts_outcome_counts_once_in_the_reputation_window() {
     // Counted twice, the duplicate would push out an outcome that was fine and
     // make 10 of 20: the campaign paused for a rejection that did not happen.
     assert!(!carrier_reputation_bad(20, 9));
-    assert_eq!(w.record(20, true), (20, 10), "a new attempt's rejection counts");
+    assert_eq!(
+        w.record(20, true),
+        (20, 10),
+        "a new attempt's rejection counts"
+    );
     assert!(carrier_reputation_bad(20, 10));
     for id in 21..60 {
         w.record(id, false);
     }
-    assert_eq!(w.record(59, false), (20, 0), "the window keeps the last 20 attempts");
+    assert_eq!(
+        w.record(59, false),
+        (20, 0),
+        "the window keeps the last 20 attempts"
+    );
 }
 
 #[test]

@@ -183,6 +183,10 @@ macro_rules! impl_store {
                 wsql::inbox_unapplied(&self.pool, received_before_ms, limit).await
             }
 
+            async fn inbox_set_aside_unknown(&self, received_before_ms: i64, now_ms: i64) -> Result<u64> {
+                wsql::inbox_set_aside_unknown(&self.pool, received_before_ms, now_ms).await
+            }
+
             async fn unsettled_attempts(
                 &self,
                 placed_before_ms: i64,
@@ -412,6 +416,12 @@ pub trait Store: Send + Sync + 'static {
     /// stored, or an event that raced its 202).
     async fn inbox_unapplied(&self, received_before_ms: i64, limit: u32)
     -> Result<Vec<InboxEvent>>;
+    /// Events still unapplied that were received before `received_before_ms` and
+    /// whose call no attempt of ours has (a call placed by something else on the
+    /// account, or one whose 202 can no longer be recorded): marked applied with
+    /// result `unknown_call`, kept, so the sweeper stops reading them every second.
+    /// Returns how many.
+    async fn inbox_set_aside_unknown(&self, received_before_ms: i64, now_ms: i64) -> Result<u64>;
     /// The attempts of these call ids, with where their jobs stand.
     async fn outcome_targets(&self, call_ids: &[String]) -> Result<Vec<OutcomeTarget>>;
     /// Applies outcomes in one transaction (see [`OutcomeBatch`]); returns which

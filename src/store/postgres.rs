@@ -928,7 +928,8 @@ async fn dispatch_set(pool: &PgPool, d: &Dispatch) -> Result<DispatchResult> {
 async fn outcome_targets_set(pool: &PgPool, call_ids: &[String]) -> Result<Vec<OutcomeTarget>> {
     let sql = format!(
         "SELECT {}, COALESCE(j.attempts, 0) AS job_attempts, \
-         COALESCE(j.status = 'awaiting_outcome' AND j.current_attempt_id = a.id, FALSE) AS awaiting \
+         COALESCE(j.status = 'awaiting_outcome' AND j.current_attempt_id = a.id, FALSE) AS awaiting, \
+         COALESCE(j.status IN ('queued', 'running', 'dialing') AND j.current_attempt_id = a.id, FALSE) AS before_202 \
          FROM attempts a LEFT JOIN jobs j ON j.id = a.job_id WHERE a.call_id = ANY($1)",
         attempt_cols_of_a()
     );
@@ -940,6 +941,7 @@ async fn outcome_targets_set(pool: &PgPool, call_ids: &[String]) -> Result<Vec<O
                 attempt: wsql::attempt_from_row(r)?,
                 job_attempts: r.try_get("job_attempts")?,
                 awaiting: r.try_get("awaiting")?,
+                before_202: r.try_get("before_202")?,
             })
         })
         .collect()

@@ -399,6 +399,12 @@ pub struct OutcomeTarget {
     /// The job awaits this attempt's outcome (`awaiting_outcome`, and this attempt
     /// is its current one): an outcome decides the job.
     pub awaiting: bool,
+    /// This attempt is still the job's current one but the job does not await its
+    /// outcome yet (`queued`, `running` or `dialing`: the worker that got the 202
+    /// lost its lease before the job took it; the job's next claim moves it to
+    /// `awaiting_outcome` without dialing). An outcome for it waits in the inbox
+    /// until then, and the sweeper applies it.
+    pub before_202: bool,
 }
 
 /// Outcomes applied in one transaction (`Store::apply_outcomes`): job decisions

@@ -580,13 +580,17 @@ macro_rules! worker_sql {
                 let sql = format!(
                     "SELECT {ATTEMPT_COLS}, (SELECT attempts FROM jobs WHERE jobs.id = attempts.job_id) AS job_attempts, \
                      EXISTS (SELECT 1 FROM jobs WHERE jobs.id = attempts.job_id AND jobs.status = 'awaiting_outcome' \
-                     AND jobs.current_attempt_id = attempts.id) AS awaiting FROM attempts WHERE call_id = $1"
+                     AND jobs.current_attempt_id = attempts.id) AS awaiting, \
+                     EXISTS (SELECT 1 FROM jobs WHERE jobs.id = attempts.job_id \
+                     AND jobs.status IN ('queued', 'running', 'dialing') \
+                     AND jobs.current_attempt_id = attempts.id) AS before_202 FROM attempts WHERE call_id = $1"
                 );
                 if let Some(r) = sqlx::query(&sql).bind(call_id).fetch_optional(pool).await? {
                     out.push(OutcomeTarget {
                         attempt: attempt_from_row(&r)?,
                         job_attempts: r.try_get::<Option<i32>, _>("job_attempts")?.unwrap_or(0),
                         awaiting: r.try_get("awaiting")?,
+                        before_202: r.try_get("before_202")?,
                     });
                 }
             }
@@ -638,6 +642,19 @@ macro_rules! worker_sql {
             .fetch_all(pool)
             .await?;
             Ok(rows.into_iter().map(|(event_id, call_id, body)| InboxEvent { event_id, call_id, body }).collect())
+        }
+
+        pub(crate) async fn inbox_set_aside_unknown(pool: &$Pool, received_before_ms: i64, now_ms: i64) -> Result<u64> {
+            Ok(sqlx::query(
+                "UPDATE webhook_inbox SET applied_at_ms = $2, result = 'unknown_call' \
+                 WHERE applied_at_ms IS NULL AND received_at_ms <= $1 \
+                 AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.call_id = webhook_inbox.call_id)",
+            )
+            .bind(received_before_ms)
+            .bind(now_ms)
+            .execute(pool)
+            .await?
+            .rows_affected())
         }
 
         /// `Store::inbox_pending_many`, one call id at a time.

@@ -234,6 +234,30 @@ impl App {
         self.apply_stored(events).await
     }
 
+    /// Webhook events of calls that no attempt of ours has, received longer ago
+    /// than any 202 of ours could still be recorded (`revdesk.key_ttl`, the last
+    /// time a key may be re-sent, plus `outcome_timeout`): set aside as
+    /// `unknown_call` (kept in the inbox, not deleted), so the sweeper's scan does
+    /// not grow with them for ever. Returns how many.
+    pub async fn set_aside_unknown_events(self: &Arc<Self>) -> anyhow::Result<u64> {
+        let now = self.now();
+        let horizon =
+            self.settings.revdesk.key_ttl.chrono() + self.settings.outcome_timeout.chrono();
+        let n = self
+            .store
+            .inbox_set_aside_unknown((now - horizon).timestamp_millis(), now.timestamp_millis())
+            .await?;
+        if n > 0 {
+            tracing::warn!(
+                events = n,
+                "webhook events for calls this dialer never placed were set aside as unknown_call"
+            );
+            metrics::counter!(m::WEBHOOK_EVENTS, "type" => crate::revdesk::wire::PHONE_CALL_ENDED, "result" => "unknown_call")
+                .increment(n);
+        }
+        Ok(n)
+    }
+
     /// Applies outcomes in one transaction (`Store::apply_outcomes`), returning each
     /// input's result label in order: `applied` (its job moved), `duplicate_outcome`
     /// (recorded on the attempt only: the job already had an outcome or is final),
@@ -281,7 +305,8 @@ impl App {
             } else {
                 labels.push(Ok(label));
             }
-            if let Some(event_id) = &input.event_id {
+            let waits = matches!(labels.last(), Some(Ok("pending")));
+            if let (Some(event_id), false) = (&input.event_id, waits) {
                 let (result, write) = match labels.last().expect("just pushed") {
                     Ok(l) => (Some(*l), None),
                     Err(i) => (None, Some(*i)),
@@ -348,6 +373,14 @@ impl App {
             OwnedOutcome::NotFound => ("not_found".to_owned(), None),
         };
         let call_id = attempt.call_id.clone().unwrap_or_default();
+        if t.before_202 && !decided.contains(&call_id) {
+            // The job has not taken this call's 202 (its worker lost the lease
+            // first); its next claim moves it to awaiting_outcome without dialing.
+            // The event waits in the inbox, as one that arrives before its 202,
+            // and the sweeper applies it then. Recorded as a duplicate now, it
+            // would leave the job to reconciliation after outcome_timeout.
+            return Ok(("pending", None));
+        }
         if !t.awaiting || decided.contains(&call_id) {
             // A second outcome, or one for a job that is final or no longer awaits
             // this attempt: recorded on the attempt, nothing else changes.

@@ -327,6 +327,7 @@ impl App {
         let beat = lease / 3;
         let mut last_gauges = std::time::Instant::now() - Duration::from_secs(60);
         let mut last_beat: Option<std::time::Instant> = None;
+        let mut last_set_aside = std::time::Instant::now();
         let tick = beat.min(Duration::from_secs(1));
         loop {
             if last_beat.is_none_or(|t| t.elapsed() >= beat) {
@@ -335,6 +336,12 @@ impl App {
             }
             if let Err(e) = self.sweep_inbox().await {
                 tracing::warn!(error = %e, "inbox sweep failed");
+            }
+            if last_set_aside.elapsed() >= Duration::from_secs(60) {
+                last_set_aside = std::time::Instant::now();
+                if let Err(e) = self.set_aside_unknown_events().await {
+                    tracing::warn!(error = %e, "setting aside webhook events of unknown calls failed");
+                }
             }
             if last_gauges.elapsed() >= Duration::from_secs(5) {
                 last_gauges = std::time::Instant::now();

@@ -7,7 +7,9 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use crate::both_backends;
-use crate::e2e::{campaign, clock, contact, contacts, fixed_now, settings, simulator, wait_until};
+use crate::e2e::{
+    campaign, clock, contact, contacts, fixed_now, run_until_idle, settings, simulator, wait_until,
+};
 use dialer::clock::Clock;
 use dialer::simulator::Rule;
 use dialer::simulator::Scenario;
@@ -173,5 +175,108 @@ both_backends! {
         assert!(checks >= 20, "the heartbeat was checked throughout: {checks}");
         assert_eq!(jobs(store, "awaiting_outcome").await, 6, "nothing settled without an answer");
         worker.stop().await;
+    }
+}
+
+both_backends! {
+    /// A worker got the 202 but lost its lease before its job took it: the call id
+    /// is on the attempt, the job is not awaiting. The call's webhook arriving then
+    /// used to be recorded as a duplicate, and the job waited for reconciliation
+    /// (`outcome_timeout`, 10 minutes by default). It now waits in the inbox and
+    /// applies once the job's next claim has moved it to `awaiting_outcome`.
+    async fn an_outcome_before_the_job_took_its_202_waits_and_applies(db) {
+        use dialer::revdesk::wire::CallResource;
+        use dialer::store::{
+            AttemptUpdate, Dispatch, Dispatched, Guard, InboxEvent, JobUpdate, JobWrite,
+            Placement, SendKind, SendRequest,
+        };
+        use dialer::worker::outcomes::{OutcomeInput, OwnedOutcome};
+        let store = &db.store;
+        let now = fixed_now().timestamp_millis();
+        let id = campaign(store, CAMPAIGN).await;
+        contacts(store, id, vec![contact("+12122345631")]).await;
+        // A worker that is gone: its lease (1 ms) has run out.
+        let job = store.claim("w-gone", 10, now, 1, None).await.unwrap().remove(0);
+        let sent = store
+            .dispatch(&Dispatch {
+                owner: "w-gone".into(),
+                audits: vec![],
+                writes: vec![],
+                sends: vec![SendRequest {
+                    job_id: job.id,
+                    campaign_id: id,
+                    phone: job.phone.clone(),
+                    send: SendKind::New { key: "k-gone".into(), body: "{}".into(), caps: vec![], requeue_jitter_ms: 0 },
+                    now_ms: now,
+                }],
+            })
+            .await
+            .unwrap();
+        let Dispatched::Sent(attempt) = &sent.sends[0] else {
+            panic!("expected a send: {sent:?}");
+        };
+        // Its 202 is recorded on the attempt; the job part fails the lease guard.
+        let took = store
+            .update_jobs(&[JobWrite {
+                job_id: job.id,
+                guard: Guard::Lease("w-someone-else".into()),
+                update: JobUpdate {
+                    status: "awaiting_outcome",
+                    attempt: Some(AttemptUpdate {
+                        id: attempt.id,
+                        placement: Some(Placement::Placed),
+                        call_id: Some("call_lost_lease".into()),
+                        response_status: Some(202),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                now_ms: now,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(took, [false]);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(Scenario::default(), &listener).await;
+        let app = Arc::new(
+            dialer::worker::build(settings(&db.url, &sim, &[]), store.clone(), clock(), CancellationToken::new())
+                .expect("build worker"),
+        );
+        let ended: CallResource = serde_json::from_value(serde_json::json!({
+            "id": "call_lost_lease", "status": "completed", "call_outcome": "completed"
+        }))
+        .unwrap();
+        let body = serde_json::json!({
+            "id": "evt_lost_lease", "type": "phone_call.ended",
+            "created_at": fixed_now().to_rfc3339(), "data": ended,
+        });
+        let event = InboxEvent {
+            event_id: "evt_lost_lease".into(),
+            call_id: "call_lost_lease".into(),
+            body: body.to_string(),
+        };
+        assert_eq!(store.inbox_insert_many(std::slice::from_ref(&event), now).await.unwrap(), [true]);
+        let labels = app
+            .apply_outcomes(
+                vec![OutcomeInput {
+                    call_id: "call_lost_lease".into(),
+                    outcome: OwnedOutcome::Call(ended.clone()),
+                    event_id: Some(event.event_id.clone()),
+                }],
+                "webhook",
+            )
+            .await
+            .unwrap();
+        assert_eq!(labels, ["pending"], "not a duplicate: the job has not taken the 202");
+        assert_eq!(store.inbox_pending_many(&["call_lost_lease".into()]).await.unwrap().len(), 1, "kept in the inbox");
+
+        drop(app);
+        // A worker claims the job: it moves to awaiting_outcome without dialing, and
+        // the stored event applies (the run ends only when nothing awaits).
+        run_until_idle(store, settings(&db.url, &sim, &[]), listener).await;
+        assert_eq!(jobs(store, "done").await, 1);
+        assert!(sim.requests().is_empty(), "the placed call was never dialed again");
+        assert!(store.inbox_pending_many(&["call_lost_lease".into()]).await.unwrap().is_empty());
     }
 }

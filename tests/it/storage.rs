@@ -410,7 +410,9 @@ both_backends! {
         let targets = db.store.outcome_targets(&["call_a".into(), "call_b".into(), "call_zz".into()]).await.unwrap();
         let t = |c: &str| targets.iter().find(|t| t.attempt.call_id.as_deref() == Some(c)).cloned();
         assert_eq!(t("call_a").map(|t| (t.awaiting, t.job_attempts)), Some((true, 1)));
-        assert_eq!(t("call_b").map(|t| t.awaiting), Some(false), "its job did not take the 202");
+        assert_eq!(t("call_b").map(|t| (t.awaiting, t.before_202)), Some((false, true)),
+            "its job did not take the 202 yet: an outcome waits for it");
+        assert_eq!(t("call_a").map(|t| t.before_202), Some(false));
         assert!(t("call_zz").is_none());
         let outcome = |code: &str| AttemptUpdate {
             id: sent[0].id, outcome_code: Some(code.into()), outcome_source: Some("webhook"), ..Default::default()
@@ -428,6 +430,16 @@ both_backends! {
         assert_eq!(db.store.apply_outcomes(&batch).await.unwrap(), [false], "an outcome applies once");
         assert!(db.store.inbox_pending_many(&["call_a".into()]).await.unwrap().is_empty());
         assert!(db.store.inbox_unapplied(NOW + 1, 10).await.unwrap().is_empty(), "call_zz has no 202: not swept");
+        // Events of calls no attempt has are set aside (kept, marked) once old
+        // enough, so the sweeper's scan does not grow with them; a known call's
+        // event is never set aside.
+        assert_eq!(db.store.inbox_insert_many(&[ev("e3", "call_b")], NOW).await.unwrap(), [true]);
+        assert_eq!(db.store.inbox_set_aside_unknown(NOW - 1, NOW).await.unwrap(), 0, "not old enough");
+        assert_eq!(db.store.inbox_set_aside_unknown(NOW, NOW).await.unwrap(), 1, "call_zz's event");
+        assert!(db.store.inbox_pending_many(&["call_zz".into()]).await.unwrap().is_empty());
+        assert_eq!(db.store.inbox_pending_many(&["call_b".into()]).await.unwrap().len(), 1, "a known call's event stays");
+        assert_eq!(db.store.inbox_insert_many(&[ev("e2", "call_zz")], NOW).await.unwrap(), [false],
+            "set aside, not deleted: a repeat is still recognised");
         let recorded = OutcomeBatch { recorded: vec![outcome("busy")], now_ms: NOW, ..Default::default() };
         db.store.apply_outcomes(&recorded).await.unwrap();
         assert_eq!(db.store.attempt(sent[0].id).await.unwrap().unwrap().outcome_code.as_deref(), Some("completed"),
