@@ -312,6 +312,52 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// Whether this decision on a probe dial's answer is the probe's success, which
+    /// alone lifts the pause or halt it probed (SPEC section 8: "an automatic pause
+    /// or halt ends with one probe dial, and only its success releases the rest").
+    ///
+    /// A success is a definite answer that neither pauses nor halts: a 202, or a
+    /// refusal about the contact alone (a drop, a compliance or 429 requeue), which
+    /// shows the vendor got past the account and the campaign. An answer that itself
+    /// pauses a campaign or halts the account or the worker (whichever condition was
+    /// probed) lifts nothing; nor does a provider error, timeout or connection error
+    /// (`Retry`, the `provider_error` requeue, `provider_failed`, or the settlement
+    /// of a key past its ttl): the vendor did not answer, so an outage may go on.
+    pub fn is_probe_success(&self) -> bool {
+        match self {
+            Action::Placed { .. }
+            | Action::Done
+            | Action::Requeue {
+                reason:
+                    RequeueReason::CallingWindow
+                    | RequeueReason::CallingDay
+                    | RequeueReason::FrequencyCap
+                    | RequeueReason::ComplianceBlocked
+                    | RequeueReason::RateLimited
+                    | RequeueReason::NoNumberAvailable
+                    | RequeueReason::TooManyRequests
+                    | RequeueReason::Busy
+                    | RequeueReason::NoAnswer
+                    | RequeueReason::Voicemail
+                    | RequeueReason::Unreachable
+                    | RequeueReason::UnknownOutcome,
+                ..
+            } => true,
+            Action::Drop { reason, .. } => *reason != DropReason::ProviderFailed,
+            Action::Requeue {
+                reason: RequeueReason::ProviderError | RequeueReason::KeyExpired,
+                ..
+            }
+            | Action::Retry { .. }
+            | Action::Exhausted
+            | Action::PauseCampaign { .. }
+            | Action::HaltAccount { .. }
+            | Action::HaltWorker { .. } => false,
+        }
+    }
+}
+
 /// A job counter the worker bumps when it applies the decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counter {

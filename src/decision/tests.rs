@@ -825,6 +825,131 @@ fn every_documented_dial_answer_has_its_own_decision_and_none_counts_as_unknown(
     }
 }
 
+// ---- probes (SPEC section 8: "only its success releases the rest") ----
+
+#[test]
+fn a_probe_answered_with_a_pause_or_a_halt_lifts_nothing() {
+    let mut to_other = known(Code::ValidationError);
+    if let DialResult::Api { error, .. } = &mut to_other {
+        error.fields = Some(serde_json::from_str(r#"{"from_number":"bad"}"#).unwrap());
+    }
+    for (what, r) in [
+        ("destination_missing", known(Code::DestinationMissing)),
+        ("no_active_number", known(Code::NoActiveNumber)),
+        ("caller_id_not_verified", known(Code::CallerIdNotVerified)),
+        ("validation_error (not to_number)", to_other),
+        (
+            "unknown invalid_request",
+            api(400, "mystery", Some("invalid_request")),
+        ),
+        ("voice_usage_exhausted", known(Code::VoiceUsageExhausted)),
+        ("no_active_subscription", known(Code::NoActiveSubscription)),
+        (
+            "unknown account_limit",
+            api(402, "mystery", Some("account_limit")),
+        ),
+        ("unauthorized", known(Code::Unauthorized)),
+        ("forbidden", known(Code::Forbidden)),
+        ("not_found", known(Code::NotFound)),
+        (
+            "4xx not the envelope",
+            DialResult::NotEnvelope {
+                status: 403,
+                body_excerpt: "<html>".into(),
+            },
+        ),
+    ] {
+        let d = decide(&r);
+        assert!(
+            matches!(
+                d.action,
+                Action::PauseCampaign { .. }
+                    | Action::HaltAccount { .. }
+                    | Action::HaltWorker { .. }
+            ),
+            "{what} pauses or halts: {d:?}"
+        );
+        assert!(!d.action.is_probe_success(), "{what}: {d:?}");
+    }
+    // The breaker: a provider error while most recent dials failed halts the account.
+    let s = exact();
+    let p = PauseCounts::default();
+    let tripped = DialContext {
+        breaker_tripped: true,
+        ..ctx(&s, &p)
+    };
+    let d = decide_dial(&known(Code::InternalError), &tripped, now(), &mut rng());
+    assert!(!d.action.is_probe_success(), "{d:?}");
+}
+
+#[test]
+fn a_probe_answered_with_a_202_or_about_the_contact_alone_is_a_success() {
+    let d = decide(&DialResult::Accepted {
+        call_id: "call_1".into(),
+    });
+    assert!(d.action.is_probe_success());
+    // The vendor got past the account and the campaign to the contact's own facts.
+    for code in [
+        Code::DestinationInvalid,
+        Code::DncSuppressed,
+        Code::RecipientOptedOut,
+        Code::NoConsent,
+        Code::DestinationBlocked,
+        Code::OutsideCallingWindow,
+        Code::CallingDayNotAllowed,
+        Code::FrequencyCapExceeded,
+        Code::RateLimited,
+        Code::NoNumberAvailable,
+        Code::IdempotencyConflict,
+    ] {
+        let d = decide(&known(code));
+        assert!(d.action.is_probe_success(), "{code}: {d:?}");
+    }
+    assert!(Action::Done.is_probe_success());
+}
+
+#[test]
+fn a_probe_that_only_got_provider_errors_lifts_nothing() {
+    let s = exact();
+    let p = PauseCounts::default();
+    // Not answered yet: the same key is retried.
+    let d = decide(&known(Code::ProviderApiError));
+    assert!(matches!(d.action, Action::Retry { .. }));
+    assert!(!d.action.is_probe_success());
+    // Retries used up: requeued with its key, or dropped provider_failed.
+    for (requeues, want_drop) in [(0, false), (10, true)] {
+        let c = DialContext {
+            provider_retries: 5,
+            provider_requeues: requeues,
+            ..ctx(&s, &p)
+        };
+        let d = decide_dial(&DialResult::Timeout, &c, now(), &mut rng());
+        assert_eq!(matches!(d.action, Action::Drop { .. }), want_drop, "{d:?}");
+        assert!(!d.action.is_probe_success(), "{d:?}");
+    }
+    // Past the key ttl: settled with no definite answer.
+    for max_attempts in [3, 1] {
+        let c = DialContext {
+            attempt_started_at: now() - chrono::Duration::hours(25),
+            possibly_placed: true,
+            max_attempts,
+            ..ctx(&s, &p)
+        };
+        let d = decide_dial(&known(Code::InternalError), &c, now(), &mut rng());
+        assert!(
+            matches!(
+                d.action,
+                Action::Requeue {
+                    reason: RequeueReason::KeyExpired,
+                    ..
+                } | Action::Exhausted
+            ),
+            "{d:?}"
+        );
+        assert!(!d.action.is_probe_success(), "{d:?}");
+    }
+}
+
 // ---- outcome table ----
 
 fn call(failure_code: Option<&str>, category: Option<&str>, status: &str) -> CallResource {
@@ -1310,6 +1435,24 @@ proptest! {
                     prop_assert!(!d.attempt_counts, "{d:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_probe_succeeds_only_on_a_definite_answer_that_neither_pauses_nor_halts(
+        result in any_result(), job in any_job(),
+    ) {
+        let d = run(&result, &job);
+        if d.action.is_probe_success() {
+            let stops = matches!(
+                d.action,
+                Action::PauseCampaign { .. } | Action::HaltAccount { .. } | Action::HaltWorker { .. }
+            );
+            prop_assert!(!stops, "a pause or halt lifted a pause or halt: {d:?}");
+            prop_assert!(!matches!(d.action, Action::Retry { .. }), "not answered yet: {d:?}");
+        }
+        if let DialResult::Accepted { .. } = result {
+            prop_assert!(d.action.is_probe_success(), "a 202 is the probe's success: {d:?}");
         }
     }
 

@@ -43,9 +43,36 @@ pub struct CampaignCtx {
 /// halt ends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Probe {
-    Account,
+    /// The account's halt; `worker`: this worker's halt too (an account halt blocks
+    /// a worker probe, so the account's probe tests both, and its success lifts both).
+    Account {
+        worker: bool,
+    },
     Campaign(i64),
     Worker,
+}
+
+/// The pauses and halts in force when a claimed job is about to be sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stops {
+    pub operator_paused: bool,
+    pub auto_paused: bool,
+    pub account_halted: bool,
+    pub worker_halted: bool,
+}
+
+/// Whether a claimed job of campaign `campaign_id` must go back to the queue
+/// unchanged instead of being sent (SPEC section 8: "a job refused by a pause or
+/// halt returns to `queued` unchanged"). A probe passes the one condition it probes
+/// and no other: a campaign's probe its own campaign's automatic pause, the
+/// account's probe the account halt (and this worker's halt when it probes that
+/// too), the worker's probe this worker's halt. An operator's pause is never probed.
+pub(crate) fn refused(probe: Option<Probe>, campaign_id: i64, s: Stops) -> bool {
+    s.operator_paused
+        || (s.auto_paused && probe != Some(Probe::Campaign(campaign_id)))
+        || (s.account_halted && !matches!(probe, Some(Probe::Account { .. })))
+        || (s.worker_halted
+            && !matches!(probe, Some(Probe::Worker | Probe::Account { worker: true })))
 }
 
 pub struct App {
@@ -167,6 +194,31 @@ impl App {
 
     pub fn worker_halt(&self) -> Option<(String, DateTime<Utc>)> {
         self.worker_halt.lock().expect("poisoned").clone()
+    }
+
+    /// Whether `job` must go back to the queue unchanged rather than be sent now:
+    /// its campaign is paused or the account or this worker is halted, and the job
+    /// is not the probe of that condition ([`refused`]). Campaigns are read through
+    /// the two-second cache; a campaign that cannot be read refuses.
+    pub(crate) async fn refused_by_pause_or_halt(
+        &self,
+        job: &ClaimedJob,
+        probe: Option<Probe>,
+    ) -> bool {
+        let (operator_paused, auto_paused) = match self.campaign(job.campaign_id).await {
+            Ok(c) => (c.row.operator_paused, c.row.auto_pause_reason.is_some()),
+            Err(e) => {
+                tracing::warn!(job_id = job.id, error = %e, "cannot read the job's campaign; not sending");
+                return true;
+            }
+        };
+        let stops = Stops {
+            operator_paused,
+            auto_paused,
+            account_halted: self.account_halted.load(Ordering::Relaxed),
+            worker_halted: self.worker_halt().is_some(),
+        };
+        refused(probe, job.campaign_id, stops)
     }
 
     /// Forgets a cached campaign (after this worker paused it).
@@ -593,21 +645,14 @@ impl App {
         while dials.try_join_next().is_some() {}
         let now = self.now();
         let now_ms = ms(now);
-        let halted = self.account_halted.load(Ordering::Relaxed) || self.worker_halt().is_some();
         let mut audits = std::mem::take(&mut pre.audits);
         let mut decided = std::mem::take(&mut pre.writes);
         let mut sends: Vec<(SendRequest, Allowed)> = Vec::with_capacity(group.len());
         let mut refused = Vec::new();
         for a in group {
-            if a.probe.is_none() {
-                let paused = match self.campaign(a.job.campaign_id).await {
-                    Ok(c) => c.row.operator_paused || c.row.auto_pause_reason.is_some(),
-                    Err(_) => true,
-                };
-                if paused || halted {
-                    refused.push(a.job.id);
-                    continue;
-                }
+            if self.refused_by_pause_or_halt(&a.job, a.probe).await {
+                refused.push(a.job.id);
+                continue;
             }
             audits.push(a.audit.clone());
             // The time rules again, immediately before the request (SPEC section 6).

@@ -123,20 +123,13 @@ impl App {
                     }
                 };
                 metrics::histogram!(m::RATE_WAIT).record(waited.as_secs_f64());
-                if probe.is_none() {
-                    let current = Box::pin(self.campaign(job.campaign_id)).await?;
-                    let paused =
-                        current.row.operator_paused || current.row.auto_pause_reason.is_some();
-                    let halted = self
-                        .account_halted
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        || self.worker_halt().is_some();
-                    if paused || halted {
-                        self.store
-                            .release(job.id, &self.worker_id, ms(self.now()))
-                            .await?;
-                        return Ok(());
-                    }
+                // A pause or halt that began meanwhile: the job goes back unchanged
+                // (a probe passes only the condition it probes).
+                if Box::pin(self.refused_by_pause_or_halt(job, *probe)).await {
+                    self.store
+                        .release(job.id, &self.worker_id, ms(self.now()))
+                        .await?;
+                    return Ok(());
                 }
             }
 
@@ -241,10 +234,9 @@ impl App {
                 Some(Counter::VendorRefusal) => u.vendor_refusals = CounterChange::Increment,
                 Some(Counter::Consecutive429) | None => {}
             }
-            let probe_ok = !matches!(
-                d.action,
-                Action::HaltAccount { .. } | Action::HaltWorker { .. }
-            );
+            // Only a probe's success lifts what it probed (an answer that itself
+            // pauses or halts lifts nothing).
+            let probe_ok = d.action.is_probe_success();
             match &d.action {
                 Action::Retry { after } => {
                     u.status = "running";

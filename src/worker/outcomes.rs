@@ -608,16 +608,23 @@ impl App {
         Ok(())
     }
 
-    /// A probe dial got an answer that does not re-pause or re-halt: release the rest.
+    /// A probe dial succeeded (`Action::is_probe_success`): release the rest.
     pub(crate) async fn probe_succeeded(
         &self,
         probe: Probe,
         campaign_id: i64,
     ) -> anyhow::Result<()> {
         match probe {
-            Probe::Account => {
+            Probe::Account { worker } => {
                 tracing::info!("account probe dial succeeded: dialing resumes");
                 self.store.lift_account_halt(ACCOUNT).await?;
+                // The failures before an outage halt must not trip the breaker again
+                // at the first failure after it.
+                self.breaker_lock().reset();
+                if worker {
+                    // The same dial probed this worker's halt too.
+                    self.set_worker_halt(None).await;
+                }
             }
             Probe::Campaign(id) => {
                 tracing::info!(
@@ -627,6 +634,7 @@ impl App {
                 self.store
                     .lift_auto_pause(campaign_id, self.now().timestamp_millis())
                     .await?;
+                self.invalidate_campaign(campaign_id);
             }
             Probe::Worker => {
                 tracing::info!("worker probe dial succeeded: dialing resumes");

@@ -16,6 +16,45 @@ use tokio::task::JoinSet;
 /// How long a taken probe holds off other probes (the probe dial itself decides).
 const PROBE_HOLD_MS: i64 = 60_000;
 
+/// What the claim loop may do in one round, given the halts in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Nothing halted: claim as usual (campaign probes included).
+    Open,
+    /// Halted, and no probe this worker may send is due: claim nothing.
+    Closed,
+    /// Send this worker's probe dial (`Probe::Worker`).
+    WorkerProbe,
+    /// Send the account's probe dial, if this worker wins it in the store
+    /// (`Probe::Account`); `worker`: it probes this worker's halt too.
+    AccountProbe { worker: bool },
+}
+
+/// The claim loop's gate (SPEC section 8: a halt ends with one probe dial).
+/// `worker_probe_at`: this worker's halt and when it probes; `account_probe_at_ms`:
+/// the account's halt and when it probes. A halt whose probe is not due claims
+/// nothing. An account halt blocks a due worker probe (that dial would be made on a
+/// halted account) until the account's probe is due; then that one dial probes both
+/// (`Probe::Account { worker: true }`), so neither halt waits on the other for good.
+/// A worker whose own probe is not due sends no account probe either.
+pub(crate) fn gate(
+    worker_probe_at: Option<DateTime<Utc>>,
+    account_probe_at_ms: Option<i64>,
+    now: DateTime<Utc>,
+) -> Gate {
+    let worker = match worker_probe_at {
+        Some(at) if at > now => return Gate::Closed,
+        Some(_) => true,
+        None => false,
+    };
+    match account_probe_at_ms {
+        Some(at) if at > now.timestamp_millis() => Gate::Closed,
+        Some(_) => Gate::AccountProbe { worker },
+        None if worker => Gate::WorkerProbe,
+        None => Gate::Open,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
@@ -101,39 +140,51 @@ impl App {
             let now_ms = now.timestamp_millis();
             let mut probe = None;
             let mut limit = s.batch_size;
-            if let Some((reason, probe_at)) = self.worker_halt() {
-                if probe_at > now {
+            let worker_halt = self.worker_halt();
+            let halt = db!(self.store.account_halt(ACCOUNT).await);
+            self.account_halted
+                .store(halt.is_some(), std::sync::atomic::Ordering::Relaxed);
+            if let Some(h) = &halt {
+                metrics::gauge!(m::DIALING_HALTED, "reason" => h.reason.clone()).set(1.0);
+            }
+            match gate(
+                worker_halt.as_ref().map(|(_, at)| *at),
+                halt.as_ref().map(|h| h.probe_at_ms),
+                now,
+            ) {
+                Gate::Open => {}
+                Gate::Closed => {
                     self.nap(poll).await;
                     continue;
                 }
-                // One probe dial decides whether the fault cleared.
-                self.set_worker_halt(Some((
-                    reason,
-                    now + chrono::Duration::milliseconds(PROBE_HOLD_MS),
-                )))
-                .await;
-                probe = Some(Probe::Worker);
-                limit = 1;
-            }
-            if probe.is_none() {
-                let halt = db!(self.store.account_halt(ACCOUNT).await);
-                self.account_halted
-                    .store(halt.is_some(), std::sync::atomic::Ordering::Relaxed);
-                if let Some(h) = halt {
-                    metrics::gauge!(m::DIALING_HALTED, "reason" => h.reason.clone()).set(1.0);
-                    if h.probe_at_ms <= now_ms
-                        && db!(self
-                            .store
-                            .take_account_probe(ACCOUNT, now_ms, PROBE_HOLD_MS)
-                            .await)
+                Gate::AccountProbe { worker } => {
+                    if !db!(self
+                        .store
+                        .take_account_probe(ACCOUNT, now_ms, PROBE_HOLD_MS)
+                        .await)
                     {
-                        tracing::info!(reason = %h.reason, "account halt: sending one probe dial");
-                        probe = Some(Probe::Account);
-                        limit = 1;
-                    } else {
+                        // Another worker took it.
                         self.nap(poll).await;
                         continue;
                     }
+                    // A worker halt keeps its (due) probe time: the account probe's
+                    // hold keeps a second probe from starting meanwhile.
+                    let reason = halt.as_ref().map(|h| h.reason.as_str()).unwrap_or("");
+                    tracing::info!(reason, worker, "account halt: sending one probe dial");
+                    probe = Some(Probe::Account { worker });
+                    limit = 1;
+                }
+                Gate::WorkerProbe => {
+                    // One probe dial decides whether the fault cleared.
+                    if let Some((reason, _)) = worker_halt {
+                        self.set_worker_halt(Some((
+                            reason,
+                            now + chrono::Duration::milliseconds(PROBE_HOLD_MS),
+                        )))
+                        .await;
+                    }
+                    probe = Some(Probe::Worker);
+                    limit = 1;
                 }
             }
             let mut claimed: Vec<(ClaimedJob, Option<Probe>)> = Vec::new();
@@ -183,7 +234,7 @@ impl App {
                     claimed.push((j, probe));
                 }
             }
-            if claimed.is_empty() && probe == Some(Probe::Account) {
+            if claimed.is_empty() && matches!(probe, Some(Probe::Account { .. })) {
                 // The account probe found no due job: give it back likewise.
                 if let Ok(Some(h)) = self.store.account_halt(ACCOUNT).await {
                     let _ = self
@@ -442,5 +493,130 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::app::{Stops, refused};
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 18, 20, 0, 0).unwrap()
+    }
+
+    fn secs(s: i64) -> DateTime<Utc> {
+        now() + chrono::Duration::seconds(s)
+    }
+
+    fn ms(s: i64) -> Option<i64> {
+        Some(secs(s).timestamp_millis())
+    }
+
+    #[test]
+    fn with_nothing_halted_the_claim_loop_claims_as_usual() {
+        assert_eq!(gate(None, None, now()), Gate::Open);
+    }
+
+    #[test]
+    fn an_account_halt_sends_its_probe_when_due_and_nothing_before() {
+        assert_eq!(gate(None, ms(1), now()), Gate::Closed);
+        assert_eq!(
+            gate(None, ms(0), now()),
+            Gate::AccountProbe { worker: false }
+        );
+        assert_eq!(
+            gate(None, ms(-5), now()),
+            Gate::AccountProbe { worker: false }
+        );
+    }
+
+    #[test]
+    fn a_worker_halt_sends_its_probe_when_due_and_nothing_before() {
+        assert_eq!(gate(Some(secs(1)), None, now()), Gate::Closed);
+        assert_eq!(gate(Some(secs(0)), None, now()), Gate::WorkerProbe);
+    }
+
+    #[test]
+    fn an_account_halt_blocks_a_due_worker_probe_until_the_account_probe_is_due() {
+        // The worker's probe is due, the account's is not: no dial at all.
+        assert_eq!(gate(Some(secs(-10)), ms(30), now()), Gate::Closed);
+        // Both due: one probe tests both, so neither waits on the other for good.
+        assert_eq!(
+            gate(Some(secs(-10)), ms(-1), now()),
+            Gate::AccountProbe { worker: true }
+        );
+    }
+
+    #[test]
+    fn a_worker_halt_whose_probe_is_not_due_sends_no_account_probe() {
+        // A worker with a credential fault does not spend the account's probe.
+        assert_eq!(gate(Some(secs(10)), ms(-1), now()), Gate::Closed);
+    }
+
+    #[test]
+    fn a_job_refused_by_a_pause_or_halt_unless_it_is_that_conditions_probe() {
+        let none = Stops::default();
+        let op = Stops {
+            operator_paused: true,
+            ..none
+        };
+        let auto = Stops {
+            auto_paused: true,
+            ..none
+        };
+        let account = Stops {
+            account_halted: true,
+            ..none
+        };
+        let worker = Stops {
+            worker_halted: true,
+            ..none
+        };
+        let both = Stops {
+            account_halted: true,
+            worker_halted: true,
+            ..none
+        };
+        let campaign = Some(Probe::Campaign(7));
+        let acct = Some(Probe::Account { worker: false });
+        let acct_worker = Some(Probe::Account { worker: true });
+        let wprobe = Some(Probe::Worker);
+        for p in [None, campaign, acct, acct_worker, wprobe] {
+            assert!(!refused(p, 7, none), "{p:?}: nothing in force");
+            assert!(
+                refused(p, 7, op),
+                "{p:?}: an operator's pause is never probed"
+            );
+        }
+        // Each probe passes its own condition and no other.
+        assert!(refused(None, 7, auto));
+        assert!(!refused(campaign, 7, auto));
+        assert!(
+            refused(Some(Probe::Campaign(8)), 7, auto),
+            "another campaign's probe"
+        );
+        assert!(refused(acct, 7, auto));
+        assert!(refused(wprobe, 7, auto));
+        assert!(refused(None, 7, account));
+        assert!(refused(campaign, 7, account));
+        assert!(!refused(acct, 7, account));
+        assert!(!refused(acct_worker, 7, account));
+        assert!(
+            refused(wprobe, 7, account),
+            "a worker probe while the account is halted"
+        );
+        assert!(refused(None, 7, worker));
+        assert!(refused(campaign, 7, worker));
+        assert!(
+            refused(acct, 7, worker),
+            "a worker halt that began meanwhile"
+        );
+        assert!(!refused(acct_worker, 7, worker));
+        assert!(!refused(wprobe, 7, worker));
+        assert!(!refused(acct_worker, 7, both));
+        assert!(refused(wprobe, 7, both));
+        assert!(refused(acct, 7, both));
     }
 }

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod demo;
 mod e2e;
+mod probes;
 mod reconcile;
 mod storage;
 mod vendor;

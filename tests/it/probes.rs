@@ -1,0 +1,504 @@
+//! Probes (SPEC section 8): "an automatic pause or halt ends with one probe dial, and
+//! only its success releases the rest"; "a job refused by a pause or halt returns to
+//! `queued` unchanged". The real worker, the real simulator over loopback HTTP, a
+//! real database. Every wait is on observable state (the simulator's request log,
+//! the database, the worker's halt) with a time limit; a worker is stopped (its
+//! in-flight dials decided) before the final state is read.
+
+// A scenario reads best as the default plus the few knobs each test turns.
+#![allow(clippy::field_reassign_with_default)]
+
+use crate::both_backends;
+use crate::e2e::{SECRET, campaign, contact, contacts, fixed_now, settings};
+use crate::support::TestDb;
+use dialer::clock::Clock;
+use dialer::config::Settings;
+use dialer::simulator::scenario::{Action as SimAction, Rule};
+use dialer::simulator::{Scenario, Simulator};
+use dialer::store::{CampaignRow, DynStore};
+use dialer::worker::app::{ACCOUNT, App};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Only reached when something is broken.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn campaign_toml(name: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+from_number = "+14155550100"
+window = {{ start = "09:00", end = "20:00" }}
+require_consent = false
+max_attempts = 3
+"#
+    )
+}
+
+/// Every number under `prefix` answers `script` (per number, the last repeating).
+fn prefix_rule(prefix: &str, script: &[&str]) -> Rule {
+    Rule {
+        prefix: Some(prefix.to_owned()),
+        script: script
+            .iter()
+            .map(|s| SimAction::parse(s).unwrap())
+            .collect(),
+        webhook: true,
+        ..Rule::default()
+    }
+}
+
+fn number_rule(number: &str, script: &[&str]) -> Rule {
+    Rule::for_number(number, script).unwrap()
+}
+
+/// A simulator on the test's clock whose webhooks go to `listener`.
+async fn simulator(rules: Vec<Rule>, listener: &TcpListener, clock: &Clock) -> Simulator {
+    let mut scenario = Scenario::default();
+    scenario.rules = rules;
+    scenario.webhook_url = Some(format!(
+        "http://{}/webhooks/revdesk",
+        listener.local_addr().unwrap()
+    ));
+    scenario.webhook_secret = SECRET.into();
+    Simulator::start_with_clock(scenario, clock.clone())
+        .await
+        .expect("simulator")
+}
+
+/// One in-process worker running in the background.
+struct Running {
+    app: Arc<App>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(
+    store: &DynStore,
+    settings: Settings,
+    listener: TcpListener,
+    clock: &Clock,
+) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let app = dialer::worker::build(
+        settings,
+        store.clone(),
+        clock.clone(),
+        CancellationToken::new(),
+    )
+    .expect("build worker");
+    let app = Arc::new(app);
+    let task = tokio::spawn(dialer::worker::serve(app.clone(), listener, false));
+    Running { app, task }
+}
+
+impl Running {
+    /// Stops the worker the way SIGTERM does and waits until it has: the dials in
+    /// flight are decided (and a probe's answer applied) before this returns.
+    async fn stop(self) {
+        self.app.cancel.cancel();
+        tokio::time::timeout(LIMIT, self.task)
+            .await
+            .expect("the worker did not stop")
+            .expect("worker task panicked")
+            .expect("worker failed");
+    }
+}
+
+/// Polls `done` every 20ms until it holds; panics after [`LIMIT`].
+async fn wait_for<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < LIMIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One job as the database has it.
+#[derive(Debug, Clone, PartialEq)]
+struct JobRow {
+    phone: String,
+    status: String,
+    due_at_ms: i64,
+    attempts: i64,
+    current_attempt_id: Option<i64>,
+    reason: Option<String>,
+}
+
+type JobTuple = (String, String, i64, i64, Option<i64>, Option<String>);
+
+async fn jobs(db: &TestDb) -> Vec<JobRow> {
+    const SQL: &str = "SELECT phone, status, due_at_ms, CAST(attempts AS BIGINT), current_attempt_id, reason \
+                       FROM jobs ORDER BY id";
+    let rows: Vec<JobTuple> = if db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+    };
+    rows.into_iter()
+        .map(
+            |(phone, status, due_at_ms, attempts, current_attempt_id, reason)| JobRow {
+                phone,
+                status,
+                due_at_ms,
+                attempts,
+                current_attempt_id,
+                reason,
+            },
+        )
+        .collect()
+}
+
+/// `(attempt id, phone, placement, sends)` of every attempt.
+async fn attempts(db: &TestDb) -> Vec<(i64, String, String, i64)> {
+    const SQL: &str =
+        "SELECT id, phone, placement, CAST(sends AS BIGINT) FROM attempts ORDER BY id";
+    if db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query_as(SQL).fetch_all(&pool).await.unwrap()
+    }
+}
+
+async fn campaign_row(store: &DynStore, id: i64) -> CampaignRow {
+    store.campaign_by_id(id).await.unwrap().expect("campaign")
+}
+
+fn dialed(sim: &Simulator) -> Vec<String> {
+    sim.requests().into_iter().filter_map(|r| r.to).collect()
+}
+
+fn import_due() -> i64 {
+    fixed_now().timestamp_millis()
+}
+
+/// Two campaigns of two contacts each; the account halted with its probe due.
+/// Every number answers `answer`. Returns the campaign ids after the worker sent its
+/// probe and stopped.
+async fn account_probe_answered_with(db: &TestDb, answer: &str) -> (Simulator, [i64; 2]) {
+    let store = &db.store;
+    let clock = Clock::starting_at(fixed_now());
+    let alpha = campaign(store, &campaign_toml("alpha")).await;
+    let beta = campaign(store, &campaign_toml("beta")).await;
+    contacts(
+        store,
+        alpha,
+        vec![contact("+12122347101"), contact("+12122347102")],
+    )
+    .await;
+    contacts(
+        store,
+        beta,
+        vec![contact("+12122347201"), contact("+12122347202")],
+    )
+    .await;
+    let now = clock.now().timestamp_millis();
+    store
+        .halt_account(ACCOUNT, "voice_usage_exhausted", now, now)
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = simulator(vec![prefix_rule("+1212234", &[answer])], &listener, &clock).await;
+    let worker = start(store, settings(&db.url, &sim, &[]), listener, &clock).await;
+    wait_for("the probe dial is answered", || async {
+        !sim.requests().is_empty()
+    })
+    .await;
+    worker.stop().await;
+    (sim, [alpha, beta])
+}
+
+both_backends! {
+    /// An account probe answered with an account halt keeps the account halted, and
+    /// nothing else dials.
+    async fn an_account_probe_answered_with_an_account_halt_keeps_the_account_halted(db) {
+        let (sim, _) = account_probe_answered_with(&db, "voice_usage_exhausted").await;
+        assert_eq!(dialed(&sim).len(), 1, "one probe dial, nothing else: {:?}", sim.requests());
+        let halt = db.store.account_halt(ACCOUNT).await.unwrap().expect("still halted");
+        assert_eq!(halt.reason, "voice_usage_exhausted");
+        assert_eq!(halt.halt_count, 2, "halted again by the probe's answer");
+        for j in jobs(&db).await {
+            assert_eq!(j.status, "queued", "{j:?}");
+            assert_eq!(j.attempts, 0, "a 402 placed no call: {j:?}");
+        }
+    }
+}
+
+both_backends! {
+    /// An account probe answered with a campaign pause (`caller_id_not_verified`)
+    /// pauses that campaign and lifts nothing: the account stays halted and no other
+    /// campaign dials.
+    async fn an_account_probe_answered_with_a_campaign_pause_keeps_the_account_halted(db) {
+        let (sim, [alpha, beta]) = account_probe_answered_with(&db, "caller_id_not_verified").await;
+        let dialed = dialed(&sim);
+        assert_eq!(dialed.len(), 1, "one probe dial, nothing else: {:?}", sim.requests());
+        let halt = db.store.account_halt(ACCOUNT).await.unwrap();
+        assert!(halt.is_some(), "a probe answered with a pause must not lift the account halt");
+        let probed = if dialed[0].starts_with("+121223471") { alpha } else { beta };
+        let other = if probed == alpha { beta } else { alpha };
+        let row = campaign_row(&db.store, probed).await;
+        assert_eq!(row.auto_pause_reason.as_deref(), Some("caller_id_not_verified"), "{row:?}");
+        assert_eq!(campaign_row(&db.store, other).await.auto_pause_reason, None);
+        for j in jobs(&db).await {
+            assert_eq!(j.status, "queued", "{j:?}");
+            assert_eq!(j.attempts, 0, "{j:?}");
+        }
+    }
+}
+
+both_backends! {
+    /// A campaign probe answered with that campaign's own pause (`no_active_number`)
+    /// keeps the campaign paused: one dial, not the whole campaign.
+    async fn a_campaign_probe_answered_with_a_pause_keeps_the_campaign_paused(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones = ["+12122347301", "+12122347302", "+12122347303"];
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let now = clock.now().timestamp_millis();
+        store.pause_campaign(alpha, "no_active_number", Some(now), now).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["no_active_number"])], &listener, &clock).await;
+        let worker = start(store, settings(&db.url, &sim, &[]), listener, &clock).await;
+        wait_for("the probe dial is answered", || async { !sim.requests().is_empty() }).await;
+        worker.stop().await;
+
+        assert_eq!(dialed(&sim).len(), 1, "one probe dial: {:?}", sim.requests());
+        let row = campaign_row(store, alpha).await;
+        assert_eq!(row.auto_pause_reason.as_deref(), Some("no_active_number"), "{row:?}");
+        assert!(
+            row.auto_paused_until_ms.is_some_and(|t| t > clock.now().timestamp_millis()),
+            "paused again for retry.no_active_number: {row:?}"
+        );
+        for j in jobs(&db).await {
+            assert_eq!(j.status, "queued", "{j:?}");
+            assert_eq!(j.attempts, 0, "{j:?}");
+        }
+    }
+}
+
+both_backends! {
+    /// A worker halted by a credential fault does not send its probe while the
+    /// account is halted (that dial would be made on a halted account); when the
+    /// account's probe is due, one dial probes both, and its success lifts both.
+    async fn a_worker_probe_waits_for_the_account_halt_and_one_probe_then_lifts_both(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones = ["+12122347401", "+12122347402", "+12122347403"];
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(
+            vec![number_rule(phones[0], &["unauthorized", "accept"]), prefix_rule("+1212234", &["accept"])],
+            &listener,
+            &clock,
+        )
+        .await;
+        // One dial at a time, so that nothing but the first dial is in flight when
+        // its 401 halts the worker; its probe is due 3s later.
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(1)),
+            ("worker.max_in_flight", toml::Value::Integer(1)),
+            ("retry.account_halt", toml::Value::String("3s".into())),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("the 401 halts the worker", || async { worker.app.worker_halt().is_some() }).await;
+        let (reason, worker_probe_at) = worker.app.worker_halt().unwrap();
+        assert_eq!(reason, "unauthorized");
+        assert_eq!(dialed(&sim), vec![phones[0].to_owned()]);
+
+        // Meanwhile the account is halted, its probe due 3s after the worker's.
+        let account_probe_at = worker_probe_at + chrono::Duration::seconds(3);
+        let now = clock.now();
+        store
+            .halt_account(ACCOUNT, "no_active_subscription", account_probe_at.timestamp_millis(), now.timestamp_millis())
+            .await
+            .unwrap();
+        assert!(clock.now() < worker_probe_at, "test setup too slow: the worker's probe came due first");
+
+        wait_for("the next dial", || async { sim.requests().len() >= 2 }).await;
+        let probe = sim.requests()[1].clone();
+        assert!(
+            probe.at >= account_probe_at,
+            "a probe was dialed at {} while the account was halted until its probe at {account_probe_at}",
+            probe.at
+        );
+        assert_eq!(probe.status, Some(202), "{probe:?}");
+        wait_for("the probe's success lifts both halts", || async {
+            worker.app.worker_halt().is_none() && store.account_halt(ACCOUNT).await.unwrap().is_none()
+        })
+        .await;
+        // The rest dial again (the first job was requeued with jitter: not waited for).
+        wait_for("the other contacts are dialed", || async {
+            let d = dialed(&sim);
+            phones[1..].iter().all(|p| d.contains(&p.to_string()))
+        })
+        .await;
+        worker.stop().await;
+        let reqs = sim.requests();
+        assert!(reqs[1..].iter().all(|r| r.at >= account_probe_at), "{reqs:?}");
+    }
+}
+
+both_backends! {
+    /// A successful account probe lifts the halt, and the rest of the queue dials.
+    async fn a_successful_account_probe_lifts_the_halt(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones = ["+12122347501", "+12122347502", "+12122347503"];
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let now = clock.now().timestamp_millis();
+        store.halt_account(ACCOUNT, "voice_usage_exhausted", now, now).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["accept"])], &listener, &clock).await;
+        let worker = start(store, settings(&db.url, &sim, &[]), listener, &clock).await;
+        wait_for("every contact is dialed", || async { dialed(&sim).len() >= phones.len() }).await;
+        worker.stop().await;
+        assert!(store.account_halt(ACCOUNT).await.unwrap().is_none(), "lifted by the probe");
+        let mut d = dialed(&sim);
+        d.sort();
+        assert_eq!(d, phones.to_vec(), "each contact once");
+    }
+}
+
+both_backends! {
+    /// A successful campaign probe lifts the pause, and the rest of the campaign dials.
+    async fn a_successful_campaign_probe_lifts_the_pause(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones = ["+12122347601", "+12122347602", "+12122347603"];
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let now = clock.now().timestamp_millis();
+        store.pause_campaign(alpha, "no_active_number", Some(now), now).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["accept"])], &listener, &clock).await;
+        let worker = start(store, settings(&db.url, &sim, &[]), listener, &clock).await;
+        wait_for("every contact is dialed", || async { dialed(&sim).len() >= phones.len() }).await;
+        worker.stop().await;
+        assert_eq!(campaign_row(store, alpha).await.auto_pause_reason, None, "lifted by the probe");
+        let mut d = dialed(&sim);
+        d.sort();
+        assert_eq!(d, phones.to_vec(), "each contact once");
+    }
+}
+
+both_backends! {
+    /// Jobs claimed in one batch and refused at their send because the account was
+    /// halted meanwhile go back to `queued` unchanged: same due time, no attempt
+    /// recorded or counted, no reason, nothing dropped.
+    async fn jobs_refused_by_a_halt_before_their_send_go_back_unchanged(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones = ["+12122347701", "+12122347702", "+12122347703", "+12122347704"];
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["voice_usage_exhausted"])], &listener, &clock).await;
+        // Two dials a second, one at once: the batch's first job is sent alone and
+        // halts the account while the others wait for the rate limiter.
+        let extra = [
+            ("rate.per_second", toml::Value::Float(2.0)),
+            ("rate.burst", toml::Value::Integer(1)),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("the halt and every job back in the queue", || async {
+            !sim.requests().is_empty()
+                && store.account_halt(ACCOUNT).await.unwrap().is_some()
+                && jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        worker.stop().await;
+
+        let dialed = dialed(&sim);
+        assert_eq!(dialed.len(), 1, "{:?}", sim.requests());
+        let all = jobs(&db).await;
+        for j in &all {
+            if j.phone == dialed[0] {
+                assert_eq!(j.reason.as_deref(), Some("voice_usage_exhausted"), "{j:?}");
+                assert!(j.due_at_ms > clock.now().timestamp_millis(), "requeued to the probe: {j:?}");
+                assert_eq!(j.attempts, 0, "a 402 placed no call: {j:?}");
+            } else {
+                let unchanged = JobRow {
+                    phone: j.phone.clone(),
+                    status: "queued".into(),
+                    due_at_ms: import_due(),
+                    attempts: 0,
+                    current_attempt_id: None,
+                    reason: None,
+                };
+                assert_eq!(j, &unchanged, "given back unchanged");
+            }
+        }
+        let att = attempts(&db).await;
+        assert_eq!(att.len(), 1, "only the dialed job has an attempt: {att:?}");
+    }
+}
+
+both_backends! {
+    /// A campaign's probe dial that got a provider error is not retried once the
+    /// account is halted meanwhile (by another job's answer): the probe passes its
+    /// own campaign's pause, not the account's halt. The job goes back to `queued`
+    /// unchanged, its possibly placed attempt and key kept and counted once.
+    async fn a_campaign_probes_retry_is_refused_by_an_account_halt_and_goes_back_unchanged(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let beta = campaign(store, &campaign_toml("beta")).await;
+        let probe_phone = "+12122347801";
+        contacts(store, alpha, vec![contact(probe_phone)]).await;
+        contacts(store, beta, vec![contact("+12122347901")]).await;
+        let now = clock.now().timestamp_millis();
+        store.pause_campaign(alpha, "no_active_number", Some(now), now).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // The probe's first answer is a 500 (retried after 500ms or more); beta's job,
+        // dialed in the same batch, halts the account meanwhile.
+        let sim = simulator(
+            vec![
+                number_rule(probe_phone, &["internal_error", "accept"]),
+                number_rule("+12122347901", &["voice_usage_exhausted"]),
+            ],
+            &listener,
+            &clock,
+        )
+        .await;
+        let worker = start(store, settings(&db.url, &sim, &[]), listener, &clock).await;
+        wait_for("the halt, and the probe's job out of the worker's hands", || async {
+            sim.requests().len() >= 2
+                && store.account_halt(ACCOUNT).await.unwrap().is_some()
+                && jobs(&db).await.iter().all(|j| !matches!(j.status.as_str(), "running" | "dialing"))
+        })
+        .await;
+        worker.stop().await;
+
+        let to_probe = dialed(&sim).into_iter().filter(|p| p == probe_phone).count();
+        assert_eq!(to_probe, 1, "the retry was sent on a halted account: {:?}", sim.requests());
+        let j = jobs(&db).await.into_iter().find(|j| j.phone == probe_phone).unwrap();
+        assert_eq!(j.status, "queued", "{j:?}");
+        assert_eq!(j.due_at_ms, import_due(), "due time unchanged: {j:?}");
+        assert_eq!(j.attempts, 1, "the 500 made it possibly placed, counted once: {j:?}");
+        let att = attempts(&db).await;
+        let mine: Vec<_> = att.iter().filter(|a| a.1 == probe_phone).collect();
+        assert_eq!(mine.len(), 1, "{att:?}");
+        assert_eq!(j.current_attempt_id, Some(mine[0].0), "its attempt and key kept: {j:?}");
+        assert_eq!((mine[0].2.as_str(), mine[0].3), ("possibly_placed", 1), "{att:?}");
+        let row = campaign_row(store, alpha).await;
+        assert_eq!(row.auto_pause_reason.as_deref(), Some("no_active_number"), "still paused: {row:?}");
+        assert!(store.account_halt(ACCOUNT).await.unwrap().is_some());
+    }
+}
