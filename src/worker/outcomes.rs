@@ -617,6 +617,9 @@ impl App {
         match probe {
             Probe::Account { worker } => {
                 tracing::info!("account probe dial succeeded: dialing resumes");
+                if let Some(h) = self.store.account_halt(ACCOUNT).await? {
+                    self.reset_pause(&h.reason);
+                }
                 self.store.lift_account_halt(ACCOUNT).await?;
                 // The failures before an outage halt must not trip the breaker again
                 // at the first failure after it.
@@ -631,6 +634,14 @@ impl App {
                     campaign_id = id,
                     "campaign probe dial succeeded: the pause ends"
                 );
+                if let Some(reason) = self
+                    .store
+                    .campaign_by_id(campaign_id)
+                    .await?
+                    .and_then(|c| c.auto_pause_reason)
+                {
+                    self.reset_pause(&reason);
+                }
                 self.store
                     .lift_auto_pause(campaign_id, self.now().timestamp_millis())
                     .await?;

@@ -72,6 +72,18 @@ impl App {
         self.pause_counts_mutex().lock().expect("poisoned").clone()
     }
 
+    /// The fault behind pauses or halts for `reason` cleared (a probe succeeded):
+    /// the next one for it starts again from the base length. "Repeated pauses
+    /// for the same cause double" (SPEC section 8) is read as pauses with no
+    /// success between them, as any backoff resets on success.
+    pub(crate) fn reset_pause(&self, reason: &str) {
+        self.pause_counts_mutex()
+            .lock()
+            .expect("poisoned")
+            .0
+            .remove(reason);
+    }
+
     pub(crate) fn bump_pause(&self, reason: &str) {
         *self
             .pause_counts_mutex()

@@ -502,3 +502,59 @@ both_backends! {
         assert!(store.account_halt(ACCOUNT).await.unwrap().is_some());
     }
 }
+
+both_backends! {
+    /// Repeated pauses for the same cause double (SPEC section 8) while the fault
+    /// lasts; once a probe succeeded the fault had cleared, and the next pause for
+    /// that cause starts again from `retry.no_active_number`. (The count used to
+    /// grow for the worker's whole life: after a few unrelated pauses each new one
+    /// lasted the full hour.)
+    async fn a_successful_probe_resets_the_doubling_of_its_cause(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(
+            vec![
+                number_rule("+12122347701", &["no_active_number", "accept"]),
+                number_rule("+12122347702", &["accept"]),
+                number_rule("+12122347703", &["no_active_number"]),
+            ],
+            &listener,
+            &clock,
+        )
+        .await;
+        let base = 2_000;
+        let extra = [("retry.no_active_number", toml::Value::String("2s".into()))];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        let paused = || async { campaign_row(store, alpha).await.auto_pause_reason.is_some() };
+        // The first answer pauses the campaign for 2 s (its contact requeued to the
+        // pause's end plus up to a minute of jitter).
+        contacts(store, alpha, vec![contact("+12122347701")]).await;
+        wait_for("the first pause", paused).await;
+        // A contact due now is the probe when the pause ends: accepted, it lifts it.
+        contacts(store, alpha, vec![contact("+12122347702")]).await;
+        wait_for("the probe is accepted and lifts the pause", || async {
+            sim.calls().len() == 1 && !paused().await
+        })
+        .await;
+        // The same cause again, on a new contact.
+        contacts(store, alpha, vec![contact("+12122347703")]).await;
+        wait_for("the second pause", paused).await;
+        let row = campaign_row(store, alpha).await;
+        worker.stop().await;
+        let at = sim
+            .requests()
+            .iter()
+            .find(|r| r.to.as_deref() == Some("+12122347703"))
+            .expect("the third contact was dialed")
+            .at
+            .timestamp_millis();
+        let length = row.auto_paused_until_ms.expect("a timed pause") - at;
+        assert!(
+            (base - 500..base + 1_000).contains(&length),
+            "paused for {length} ms: the base {base} ms, not doubled ({} ms)",
+            2 * base
+        );
+    }
+}
