@@ -48,7 +48,13 @@ pub enum Probe {
     Account {
         worker: bool,
     },
-    Campaign(i64),
+    /// A campaign's auto-pause; `worker`: this worker's halt too (a halted worker
+    /// whose probe finds no job outside auto-paused campaigns probes with one of
+    /// their probe dials, so that neither waits on the other for good).
+    Campaign {
+        id: i64,
+        worker: bool,
+    },
     Worker,
 }
 
@@ -69,10 +75,18 @@ pub(crate) struct Stops {
 /// too), the worker's probe this worker's halt. An operator's pause is never probed.
 pub(crate) fn refused(probe: Option<Probe>, campaign_id: i64, s: Stops) -> bool {
     s.operator_paused
-        || (s.auto_paused && probe != Some(Probe::Campaign(campaign_id)))
+        || (s.auto_paused
+            && !matches!(probe, Some(Probe::Campaign { id, .. }) if id == campaign_id))
         || (s.account_halted && !matches!(probe, Some(Probe::Account { .. })))
         || (s.worker_halted
-            && !matches!(probe, Some(Probe::Worker | Probe::Account { worker: true })))
+            && !matches!(
+                probe,
+                Some(
+                    Probe::Worker
+                        | Probe::Account { worker: true }
+                        | Probe::Campaign { worker: true, .. }
+                )
+            ))
 }
 
 pub struct App {

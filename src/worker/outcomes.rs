@@ -629,7 +629,7 @@ impl App {
                     self.set_worker_halt(None).await;
                 }
             }
-            Probe::Campaign(id) => {
+            Probe::Campaign { id, worker } => {
                 tracing::info!(
                     campaign_id = id,
                     "campaign probe dial succeeded: the pause ends"
@@ -646,6 +646,10 @@ impl App {
                     .lift_auto_pause(campaign_id, self.now().timestamp_millis())
                     .await?;
                 self.invalidate_campaign(campaign_id);
+                if worker {
+                    // The same dial probed this worker's halt too.
+                    self.set_worker_halt(None).await;
+                }
             }
             Probe::Worker => {
                 tracing::info!("worker probe dial succeeded: dialing resumes");

@@ -111,6 +111,49 @@ impl App {
         }
     }
 
+    /// One due job of each auto-paused campaign whose probe is due, to probe with
+    /// (`worker`: the dial probes this worker's halt too). A campaign with no due
+    /// job gets its probe back in 5 s, so the next due job probes instead of waiting
+    /// out the hold.
+    async fn campaign_probe_jobs(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        worker: bool,
+    ) -> anyhow::Result<Vec<(ClaimedJob, Option<Probe>)>> {
+        let mut out = Vec::new();
+        for cid in self
+            .store
+            .take_campaign_probes(now_ms, PROBE_HOLD_MS)
+            .await?
+        {
+            tracing::info!(
+                campaign_id = cid,
+                worker,
+                "campaign pause ended: sending one probe dial"
+            );
+            let jobs = self
+                .store
+                .claim(&self.worker_id, 1, now_ms, lease_ms, Some(cid))
+                .await?;
+            if jobs.is_empty() {
+                if let Ok(Some(c)) = self.store.campaign_by_id(cid).await {
+                    if let Some(reason) = c.auto_pause_reason {
+                        let _ = self
+                            .store
+                            .pause_campaign(cid, &reason, Some(now_ms + 5_000), now_ms)
+                            .await;
+                    }
+                }
+            }
+            out.extend(
+                jobs.into_iter()
+                    .map(|j| (j, Some(Probe::Campaign { id: cid, worker }))),
+            );
+        }
+        Ok(out)
+    }
+
     /// Claims and processes jobs until cancelled (or, with `until_idle`, until no job
     /// is due and nothing is in flight or awaiting an outcome). Returns after
     /// in-flight jobs finished or were released.
@@ -201,31 +244,7 @@ impl App {
             }
             let mut claimed: Vec<(ClaimedJob, Option<Probe>)> = Vec::new();
             if probe.is_none() {
-                for cid in db!(self.store.take_campaign_probes(now_ms, PROBE_HOLD_MS).await) {
-                    tracing::info!(
-                        campaign_id = cid,
-                        "campaign pause ended: sending one probe dial"
-                    );
-                    let jobs = db!(self
-                        .store
-                        .claim(&self.worker_id, 1, now_ms, lease_ms, Some(cid))
-                        .await);
-                    if jobs.is_empty() {
-                        // No due job to probe with: hand the probe back, so that the
-                        // next due job probes instead of waiting PROBE_HOLD_MS.
-                        if let Ok(Some(c)) = self.store.campaign_by_id(cid).await {
-                            if let Some(reason) = c.auto_pause_reason {
-                                let _ = self
-                                    .store
-                                    .pause_campaign(cid, &reason, Some(now_ms + 5_000), now_ms)
-                                    .await;
-                            }
-                        }
-                    }
-                    for j in jobs {
-                        claimed.push((j, Some(Probe::Campaign(cid))));
-                    }
-                }
+                claimed = db!(self.campaign_probe_jobs(now_ms, lease_ms, false).await);
             }
             let permits = sem.available_permits() as u32;
             if permits < min_room {
@@ -245,6 +264,13 @@ impl App {
                 {
                     claimed.push((j, probe));
                 }
+            }
+            if claimed.is_empty() && probe == Some(Probe::Worker) {
+                // The worker's probe found no due job outside auto-paused campaigns:
+                // their probe dials probe this worker's halt too. Otherwise a halted
+                // worker whose campaigns are all auto-paused would wait on them for
+                // good, and they on it (their probes are skipped while it is halted).
+                claimed = db!(self.campaign_probe_jobs(now_ms, lease_ms, true).await);
             }
             if claimed.is_empty() && matches!(probe, Some(Probe::Account { .. })) {
                 // The account probe found no due job: give it back likewise.
@@ -591,7 +617,10 @@ mod tests {
             worker_halted: true,
             ..none
         };
-        let campaign = Some(Probe::Campaign(7));
+        let campaign = Some(Probe::Campaign {
+            id: 7,
+            worker: false,
+        });
         let acct = Some(Probe::Account { worker: false });
         let acct_worker = Some(Probe::Account { worker: true });
         let wprobe = Some(Probe::Worker);
@@ -606,7 +635,14 @@ mod tests {
         assert!(refused(None, 7, auto));
         assert!(!refused(campaign, 7, auto));
         assert!(
-            refused(Some(Probe::Campaign(8)), 7, auto),
+            refused(
+                Some(Probe::Campaign {
+                    id: 8,
+                    worker: false
+                }),
+                7,
+                auto
+            ),
             "another campaign's probe"
         );
         assert!(refused(acct, 7, auto));
@@ -630,5 +666,27 @@ mod tests {
         assert!(!refused(acct_worker, 7, both));
         assert!(refused(wprobe, 7, both));
         assert!(refused(acct, 7, both));
+        // A campaign probe that also probes the worker's halt passes both of them,
+        // and nothing else.
+        let camp_worker = Some(Probe::Campaign {
+            id: 7,
+            worker: true,
+        });
+        let auto_worker = Stops {
+            auto_paused: true,
+            worker_halted: true,
+            ..none
+        };
+        assert!(!refused(camp_worker, 7, auto_worker));
+        assert!(refused(campaign, 7, auto_worker));
+        assert!(refused(wprobe, 7, auto_worker));
+        assert!(
+            refused(camp_worker, 7, both),
+            "not while the account is halted"
+        );
+        assert!(
+            refused(camp_worker, 8, auto_worker),
+            "another campaign's pause"
+        );
     }
 }

@@ -558,3 +558,48 @@ both_backends! {
         );
     }
 }
+
+both_backends! {
+    /// A halted worker whose only due jobs are in auto-paused campaigns: its own
+    /// probe finds no job, and the campaigns' probes used to be skipped while it
+    /// was halted, so on one worker neither ever ended. The campaign's probe dial
+    /// now probes the worker's halt too, and its success lifts both.
+    async fn a_halted_worker_probes_through_an_auto_paused_campaign(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones = ["+12122347801", "+12122347802", "+12122347803"];
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(
+            vec![number_rule(phones[0], &["unauthorized", "accept"]), prefix_rule("+1212234", &["accept"])],
+            &listener,
+            &clock,
+        )
+        .await;
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(1)),
+            ("worker.max_in_flight", toml::Value::Integer(1)),
+            ("retry.account_halt", toml::Value::String("2s".into())),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("the 401 halts the worker", || async { worker.app.worker_halt().is_some() }).await;
+        // Meanwhile the campaign is auto-paused, its probe due now: every due job is
+        // in a paused campaign.
+        let now = clock.now().timestamp_millis();
+        store.pause_campaign(alpha, "no_active_number", Some(now), now).await.unwrap();
+        wait_for("one probe dial lifts the worker's halt and the campaign's pause", || async {
+            worker.app.worker_halt().is_none()
+                && campaign_row(store, alpha).await.auto_pause_reason.is_none()
+        })
+        .await;
+        wait_for("the other contacts are dialed", || async {
+            let d = dialed(&sim);
+            phones[1..].iter().all(|p| d.contains(&p.to_string()))
+        })
+        .await;
+        worker.stop().await;
+        let reqs = sim.requests();
+        assert_eq!(reqs[1].status, Some(202), "the probe: {reqs:?}");
+    }
+}
