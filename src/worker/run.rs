@@ -271,6 +271,17 @@ impl App {
                 // worker whose campaigns are all auto-paused would wait on them for
                 // good, and they on it (their probes are skipped while it is halted).
                 claimed = db!(self.campaign_probe_jobs(now_ms, lease_ms, true).await);
+                if claimed.is_empty() {
+                    // No due job at all: the next due job probes, within 5 s, not
+                    // after the probe's one-minute hold.
+                    if let Some((reason, _)) = self.worker_halt() {
+                        self.set_worker_halt(Some((
+                            reason,
+                            now + chrono::Duration::milliseconds(5_000),
+                        )))
+                        .await;
+                    }
+                }
             }
             if claimed.is_empty() && matches!(probe, Some(Probe::Account { .. })) {
                 // The account probe found no due job: give it back likewise.

@@ -603,3 +603,40 @@ both_backends! {
         assert_eq!(reqs[1].status, Some(202), "the probe: {reqs:?}");
     }
 }
+
+both_backends! {
+    /// A worker probe that finds no due job at all gives its turn back for 5 s
+    /// (as campaign and account probes do), instead of holding it a minute: the
+    /// next contact to come due is the probe.
+    async fn a_worker_probe_with_no_due_job_comes_back_within_seconds(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        contacts(store, alpha, vec![contact("+12122347901")]).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(
+            vec![number_rule("+12122347901", &["unauthorized", "accept"]), prefix_rule("+1212234", &["accept"])],
+            &listener,
+            &clock,
+        )
+        .await;
+        let extra = [("retry.account_halt", toml::Value::String("1s".into()))];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("the 401 halts the worker", || async { worker.app.worker_halt().is_some() }).await;
+        let (_, first_probe_at) = worker.app.worker_halt().unwrap();
+        // The probe comes due and finds no due job (the first contact was
+        // requeued with jitter).
+        wait_for("the probe found no job and gave its turn back for 5 s", || async {
+            worker.app.worker_halt().is_some_and(|(_, at)| {
+                at != first_probe_at && at <= clock.now() + chrono::Duration::seconds(5)
+            })
+        })
+        .await;
+        contacts(store, alpha, vec![contact("+12122347902")]).await;
+        wait_for("the new contact probes and lifts the halt", || async {
+            worker.app.worker_halt().is_none() && dialed(&sim).contains(&"+12122347902".to_string())
+        })
+        .await;
+        worker.stop().await;
+    }
+}
