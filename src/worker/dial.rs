@@ -356,6 +356,8 @@ impl App {
                     tracing::error!(reason = reason.as_str(), code = %code, "halting this worker's dialing: configuration or credential fault");
                     Box::pin(self.set_worker_halt(Some((reason.as_str().to_owned(), *probe_at))))
                         .await;
+                    // Repeated halts for the same cause double (SPEC section 8).
+                    self.bump_pause(reason.as_str());
                     u.due_at_ms = Some(ms(*job_due));
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");

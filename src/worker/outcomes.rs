@@ -626,7 +626,7 @@ impl App {
                 self.breaker_lock().reset();
                 if worker {
                     // The same dial probed this worker's halt too.
-                    self.set_worker_halt(None).await;
+                    self.lift_worker_halt().await;
                 }
             }
             Probe::Campaign { id, worker } => {
@@ -648,15 +648,24 @@ impl App {
                 self.invalidate_campaign(campaign_id);
                 if worker {
                     // The same dial probed this worker's halt too.
-                    self.set_worker_halt(None).await;
+                    self.lift_worker_halt().await;
                 }
             }
             Probe::Worker => {
                 tracing::info!("worker probe dial succeeded: dialing resumes");
-                self.set_worker_halt(None).await;
+                self.lift_worker_halt().await;
             }
         }
         Ok(())
+    }
+
+    /// A probe for this worker's halt succeeded: the halt ends, and the doubling of
+    /// its cause starts over.
+    async fn lift_worker_halt(&self) {
+        if let Some((reason, _)) = self.worker_halt() {
+            self.reset_pause(&reason);
+        }
+        self.set_worker_halt(None).await;
     }
 
     /// Remembers one outcome of the campaign, once per attempt; returns (outcomes,

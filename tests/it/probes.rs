@@ -640,3 +640,39 @@ both_backends! {
         worker.stop().await;
     }
 }
+
+both_backends! {
+    /// Repeated worker halts for the same cause double (SPEC section 8), as pauses
+    /// and account halts do: a probe answered 401 again halts for twice
+    /// `retry.account_halt`. (Worker halts were never counted: every one lasted
+    /// the base length.)
+    async fn a_repeated_worker_halt_doubles(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones = ["+12122348001", "+12122348002", "+12122348003"];
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["unauthorized"])], &listener, &clock).await;
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(1)),
+            ("worker.max_in_flight", toml::Value::Integer(1)),
+            ("retry.account_halt", toml::Value::String("1s".into())),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("the probe dial", || async { sim.requests().len() >= 2 }).await;
+        let probe_sent = sim.requests()[1].at;
+        // The probe's hold (a minute) is replaced by the new halt once its 401 is decided.
+        wait_for("the probe's 401 halts the worker again", || async {
+            worker.app.worker_halt().is_some_and(|(_, at)| {
+                at > probe_sent && at < probe_sent + chrono::Duration::seconds(10)
+            })
+        })
+        .await;
+        let (reason, probe_at) = worker.app.worker_halt().unwrap();
+        worker.stop().await;
+        assert_eq!(reason, "unauthorized");
+        let length = (probe_at - probe_sent).num_milliseconds();
+        assert!((1_900..3_000).contains(&length), "halted for {length} ms, not twice 1 s");
+    }
+}
