@@ -5,7 +5,7 @@
 
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dialer::compliance::{Engine, Facts, Policy, RulesConfig};
+use dialer::compliance::{ConsentFact, ConsentKind, Engine, Facts, Policy, RulesConfig};
 use dialer::phone::PhoneNumber;
 use std::hint::black_box;
 
@@ -31,6 +31,32 @@ fn verdicts(c: &mut Criterion) {
     });
     g.bench_function("evaluate_time_allow_known_zone", |b| {
         b.iter(|| engine.evaluate_time(black_box(&known_zone), &policy, black_box(noon)))
+    });
+    // The worker's check right before every request: the whole pre-flight on the
+    // claim's facts (a consent to check, a call counted earlier), allowing.
+    let consented = Policy {
+        require_consent: Some(ConsentKind::ExpressWritten),
+        ..Policy::check_default()
+    };
+    let claim_facts = Facts {
+        consents: vec![ConsentFact {
+            kind: ConsentKind::ExpressWritten,
+            granted_at: noon - chrono::Duration::days(30),
+            expires_at: Some(noon + chrono::Duration::days(30)),
+            revoked_at: None,
+        }],
+        counted_calls: vec![noon - chrono::Duration::hours(26)],
+        ..Facts::default()
+    };
+    g.bench_function("pre_request_allow_known_zone", |b| {
+        b.iter(|| {
+            engine.blocking_verdict(
+                black_box(&known_zone),
+                &consented,
+                &claim_facts,
+                black_box(noon),
+            )
+        })
     });
     g.bench_function("evaluate_requeue_at_night", |b| {
         b.iter(|| engine.evaluate(black_box(&known_zone), &policy, &facts, black_box(night)))

@@ -656,23 +656,38 @@ impl Engine {
         facts: &Facts,
         now: DateTime<Utc>,
     ) -> Verdict {
+        self.blocking_verdict(r, policy, facts, now)
+            .unwrap_or_else(|| self.allow_verdict(r, now))
+    }
+
+    /// [`Engine::evaluate`] when a rule blocks, `None` when every rule allows: the
+    /// same rules in the same order (`evaluate` is this plus the allow verdict), without
+    /// building a verdict nobody records. The worker's check right before every
+    /// request uses it: when the call may go, it builds no verdict (no allocation).
+    pub fn blocking_verdict(
+        &self,
+        r: &Recipient,
+        policy: &Policy,
+        facts: &Facts,
+        now: DateTime<Utc>,
+    ) -> Option<Verdict> {
         if facts.dnc {
-            return self.base_verdict(
+            return Some(self.base_verdict(
                 r,
                 now,
                 Outcome::Drop { rule: Rule::Dnc },
                 "on a Do-Not-Call list".into(),
-            );
+            ));
         }
         if facts.opted_out {
-            return self.base_verdict(
+            return Some(self.base_verdict(
                 r,
                 now,
                 Outcome::Drop {
                     rule: Rule::OptedOut,
                 },
                 "the contact opted out".into(),
-            );
+            ));
         }
         if let Some(kind) = policy.require_consent {
             if !facts
@@ -680,7 +695,7 @@ impl Engine {
                 .iter()
                 .any(|c| c.kind.satisfies(kind) && c.valid_at(now))
             {
-                return self.base_verdict(
+                return Some(self.base_verdict(
                     r,
                     now,
                     Outcome::Drop {
@@ -690,43 +705,39 @@ impl Engine {
                         "no {} consent valid now (granted, not expired, not revoked)",
                         kind.as_str()
                     ),
-                );
+                ));
             }
         }
-        let time = self.evaluate_time(r, policy, now);
-        if time.outcome != Outcome::Allow {
-            return time;
+        if let Some(time) = self.time_block(r, policy, now) {
+            return Some(time);
         }
-        match self.cap_release(r, policy, facts, now) {
-            None => time,
-            Some((release, why)) => match self.next_allowed(r, policy, ceil_minute(release)) {
-                Some(at) => self.base_verdict(
-                    r,
-                    now,
-                    Outcome::Requeue {
-                        rule: Rule::FrequencyCap,
-                        at,
-                    },
-                    format!(
-                        "{why}; the oldest counted call leaves the window at {}",
-                        release.to_rfc3339()
-                    ),
+        let (release, why) = self.cap_release(r, policy, facts, now)?;
+        Some(match self.next_allowed(r, policy, ceil_minute(release)) {
+            Some(at) => self.base_verdict(
+                r,
+                now,
+                Outcome::Requeue {
+                    rule: Rule::FrequencyCap,
+                    at,
+                },
+                format!(
+                    "{why}; the oldest counted call leaves the window at {}",
+                    release.to_rfc3339()
                 ),
-                None => self.base_verdict(
-                    r,
-                    now,
-                    Outcome::Drop {
-                        rule: Rule::CallingWindow,
-                    },
-                    format!(
-                        "{why}; no allowed time within {HORIZON_DAYS} days after the cap clears"
-                    ),
-                ),
-            },
-        }
+            ),
+            None => self.base_verdict(
+                r,
+                now,
+                Outcome::Drop {
+                    rule: Rule::CallingWindow,
+                },
+                format!("{why}; no allowed time within {HORIZON_DAYS} days after the cap clears"),
+            ),
+        })
     }
 
-    /// When every cap that `facts.counted_calls` reaches at `now` is clear again, and why.
+    /// When every cap that `facts.counted_calls` reaches at `now` is clear again, and
+    /// why. Allocates only for a cap that is reached.
     fn cap_release(
         &self,
         r: &Recipient,
@@ -738,71 +749,74 @@ impl Engine {
             return None;
         }
         let today = now.date_naive();
+        // Each cap with the row it comes from (None: the campaign's).
         let state_caps = r.rows.iter().filter_map(|&i| {
-            let row = &self.rules[i as usize];
             // A cap row counts on any date it is in force around now; UTC date is close
             // enough for the effective-date filter (no capped row has one).
             (self.row_applies(i, policy, today) || self.row_applies(i, policy, today.succ_opt()?))
-                .then(|| {
-                    row.cap.map(|c| {
-                        (
-                            c,
-                            format!(
-                                "{} cap {}/{} ({})",
-                                row.label(),
-                                c.calls,
-                                humantime::format_duration(c.per),
-                                row.source
-                            ),
-                        )
-                    })
-                })
+                .then(|| self.rules[i as usize].cap.map(|c| (c, Some(i))))
                 .flatten()
         });
-        let campaign = policy.frequency_cap.map(|c| {
-            (
-                c,
-                format!(
-                    "campaign cap {}/{}",
-                    c.calls,
-                    humantime::format_duration(c.per)
-                ),
-            )
-        });
-        let mut worst: Option<(DateTime<Utc>, String)> = None;
-        for (cap, label) in campaign.into_iter().chain(state_caps) {
+        let campaign = policy.frequency_cap.map(|c| (c, None));
+        // The latest release: (release, cap, its row, counted calls inside its window).
+        let mut worst: Option<(DateTime<Utc>, Cap, Option<u16>, usize)> = None;
+        for (cap, row) in campaign.into_iter().chain(state_caps) {
             let Ok(per) = TimeDelta::from_std(cap.per) else {
                 continue;
             };
+            let since = now - per;
+            let count = facts.counted_calls.iter().filter(|&&c| c > since).count();
+            if count < cap.calls as usize {
+                continue;
+            }
             let mut inside: Vec<DateTime<Utc>> = facts
                 .counted_calls
                 .iter()
                 .copied()
-                .filter(|&c| c > now - per)
+                .filter(|&c| c > since)
                 .collect();
-            if inside.len() < cap.calls as usize {
-                continue;
-            }
             inside.sort_unstable();
             // The cap clears when all but calls-1 of the counted calls have left the window.
             let release = inside[inside.len() - cap.calls as usize] + per;
-            let why = format!(
-                "{} counted calls in the last {} reach the {label}",
-                inside.len(),
-                humantime::format_duration(cap.per)
-            );
-            if worst.as_ref().is_none_or(|(w, _)| release > *w) {
-                worst = Some((release, why));
+            if worst.as_ref().is_none_or(|(w, ..)| release > *w) {
+                worst = Some((release, cap, row, count));
             }
         }
-        worst
+        let (release, cap, row, count) = worst?;
+        let label = match row {
+            None => format!(
+                "campaign cap {}/{}",
+                cap.calls,
+                humantime::format_duration(cap.per)
+            ),
+            Some(i) => {
+                let row = &self.rules[i as usize];
+                format!(
+                    "{} cap {}/{} ({})",
+                    row.label(),
+                    cap.calls,
+                    humantime::format_duration(cap.per),
+                    row.source
+                )
+            }
+        };
+        let why = format!(
+            "{count} counted calls in the last {} reach the {label}",
+            humantime::format_duration(cap.per)
+        );
+        Some((release, why))
     }
 
-    /// The time rules only (calling day, calling window, blackouts): re-checked right
-    /// before every request, provider retries included.
+    /// The time rules only (calling day, calling window, blackouts).
     pub fn evaluate_time(&self, r: &Recipient, policy: &Policy, now: DateTime<Utc>) -> Verdict {
+        self.time_block(r, policy, now)
+            .unwrap_or_else(|| self.allow_verdict(r, now))
+    }
+
+    /// [`Engine::evaluate_time`] when a time rule blocks, `None` when they allow.
+    fn time_block(&self, r: &Recipient, policy: &Policy, now: DateTime<Utc>) -> Option<Verdict> {
         if r.checks.is_empty() {
-            return self.base_verdict(
+            return Some(self.base_verdict(
                 r,
                 now,
                 Outcome::Drop {
@@ -810,18 +824,11 @@ impl Engine {
                 },
                 "no time zone is known for this number, so its calling window cannot be checked"
                     .into(),
-            );
+            ));
         }
-        let Some(block) = self.block_at(r, policy, now) else {
-            return self.base_verdict(
-                r,
-                now,
-                Outcome::Allow,
-                "allowed: every rule passes in every candidate zone".into(),
-            );
-        };
+        let block = self.block_at(r, policy, now)?;
         let why = self.describe(&block);
-        match self.next_allowed(r, policy, now) {
+        Some(match self.next_allowed(r, policy, now) {
             Some(at) => self.base_verdict(
                 r,
                 now,
@@ -839,7 +846,16 @@ impl Engine {
                 },
                 format!("{why}; no allowed time within {HORIZON_DAYS} days"),
             ),
-        }
+        })
+    }
+
+    fn allow_verdict(&self, r: &Recipient, now: DateTime<Utc>) -> Verdict {
+        self.base_verdict(
+            r,
+            now,
+            Outcome::Allow,
+            "allowed: every rule passes in every candidate zone".into(),
+        )
     }
 
     fn src_text(&self, src: Src) -> String {

@@ -1448,3 +1448,105 @@ fn lowercased_config_keys_still_name_the_state() {
         Some(Rule::CallingDay)
     );
 }
+
+#[test]
+fn a_reached_cap_names_the_cap_its_source_and_the_count() {
+    let e = engine();
+    let r = e.recipient(&phone(FL), None, None, None);
+    let now = at(America__New_York, "2026-07-15 12:00");
+    let f = Facts {
+        counted_calls: vec![now - D::hours(20), now - D::hours(5), now - D::hours(3)],
+        ..Facts::default()
+    };
+    let v = e.evaluate(&r, &live(), &f, now);
+    assert_eq!(v.rule(), Some(Rule::FrequencyCap));
+    assert!(
+        v.reason.starts_with("3 counted calls in the last 1day reach the FL cap 3/1day (Fla. Stat. 501.616(6)); the oldest counted call leaves the window at "),
+        "{}",
+        v.reason
+    );
+    let p = Policy {
+        frequency_cap: Some(Cap {
+            calls: 1,
+            per: std::time::Duration::from_secs(3600),
+        }),
+        ..live()
+    };
+    let ny = e.recipient(&phone(NY), None, None, None);
+    let one = Facts {
+        counted_calls: vec![now - D::minutes(30)],
+        ..Facts::default()
+    };
+    let v = e.evaluate(&ny, &p, &one, now);
+    assert!(
+        v.reason
+            .starts_with("1 counted calls in the last 1h reach the campaign cap 1/1h; "),
+        "{}",
+        v.reason
+    );
+}
+
+/// Facts around `t`: DNC and opt-out now and then, consents of either kind that may
+/// have expired or been revoked shortly before or after `t`, calls counted in the
+/// last day or two.
+fn facts_around(t: DateTime<Utc>) -> impl Strategy<Value = Facts> {
+    let consent = (
+        any::<bool>(),
+        -120i64..0,
+        prop::option::of(-90i64..90),
+        prop::option::weighted(0.2, -90i64..90),
+    )
+        .prop_map(move |(written, granted, expires, revoked)| ConsentFact {
+            kind: if written {
+                ConsentKind::ExpressWritten
+            } else {
+                ConsentKind::Express
+            },
+            granted_at: t + D::minutes(granted),
+            expires_at: expires.map(|m| t + D::minutes(m)),
+            revoked_at: revoked.map(|m| t + D::minutes(m)),
+        });
+    (
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.1),
+        prop::collection::vec(consent, 0..3),
+        prop::collection::vec(1i64..48 * 60, 0..5),
+    )
+        .prop_map(move |(dnc, opted_out, consents, ago)| Facts {
+            dnc,
+            opted_out,
+            consents,
+            counted_calls: ago.into_iter().map(|m| t - D::minutes(m)).collect(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The worker's check right before a request (`blocking_verdict`) is `evaluate`
+    /// without the allow verdict: the same answer, the same blocking verdict.
+    #[test]
+    fn blocking_verdict_is_evaluate_without_the_allow(
+        (n, tz, st) in recipient(),
+        p in policy(),
+        consent in prop::option::of(prop::bool::ANY),
+        cap in prop::option::of((1u32..4, 1u64..48)),
+        (t, f) in instant().prop_flat_map(|t| (Just(t), facts_around(t))),
+    ) {
+        let e = engine();
+        let r = e.recipient(&phone(&n), tz, st.as_deref(), None);
+        let p = Policy {
+            require_consent: consent.map(|w| if w { ConsentKind::ExpressWritten } else { ConsentKind::Express }),
+            frequency_cap: cap.map(|(calls, hours)| Cap { calls, per: std::time::Duration::from_secs(hours * 3600) }),
+            ..p
+        };
+        let full = e.evaluate(&r, &p, &f, t);
+        match e.blocking_verdict(&r, &p, &f, t) {
+            None => prop_assert!(full.is_allow(), "{}", full.reason),
+            Some(v) => {
+                prop_assert!(!v.is_allow());
+                prop_assert_eq!(v, full);
+            }
+        }
+    }
+}

@@ -296,6 +296,27 @@ impl App {
             next_allowed_ms: verdict.next_allowed_at.map(|t| t.timestamp_millis()),
         }
     }
+
+    /// The verdict right before a request (SPEC section 6: checked "at the moment of
+    /// dialing"; the rules "evaluated again immediately before every request, provider
+    /// retries included"): the full pre-flight, every rule in order, on the facts read
+    /// at the claim (`facts`: DNC, opt-out, consent, counted calls; kept with the dial
+    /// in flight) at `now`, the current time. So a consent that expired, or a calling
+    /// day or window that ended, between the claim and this request blocks it.
+    ///
+    /// `None` when the request may go; else the blocking verdict (drop or requeue),
+    /// the one the pre-flight would give at `now`. In memory: no query, and no verdict
+    /// is built when every rule allows (the hot path: one per request).
+    pub(crate) fn pre_request_verdict(
+        &self,
+        recipient: &Recipient,
+        campaign: &CampaignCtx,
+        facts: &Facts,
+        now: DateTime<Utc>,
+    ) -> Option<Verdict> {
+        self.engine
+            .blocking_verdict(recipient, &campaign.policy, facts, now)
+    }
 }
 
 /// Builds the engine's policy and the decision settings from a campaign row.
@@ -404,6 +425,8 @@ struct Allowed {
     job: ClaimedJob,
     campaign: Arc<CampaignCtx>,
     recipient: Recipient,
+    /// The facts read at the claim, evaluated again right before every request.
+    facts: Facts,
     probe: Option<Probe>,
     /// Its pre-flight verdict, recorded with its dispatch.
     audit: AuditRecord,
@@ -414,6 +437,9 @@ pub(crate) struct Ready {
     pub job: ClaimedJob,
     pub campaign: Arc<CampaignCtx>,
     pub recipient: Recipient,
+    /// The facts read at the claim (its own attempt left out of the counted calls):
+    /// [`App::pre_request_verdict`] evaluates them again before every request.
+    pub facts: Facts,
     pub attempt: AttemptRow,
     pub probe: Option<Probe>,
 }
@@ -467,7 +493,7 @@ impl App {
     ) {
         let mut dials = tokio::task::JoinSet::new();
         let now = self.now();
-        let mut pre = match self.preflight(claimed, &facts, now).await {
+        let mut pre = match self.preflight(claimed, facts, now).await {
             Ok(p) => p,
             Err((e, jobs)) => {
                 tracing::warn!(error = %e, "pre-flight of the claimed batch failed; releasing it");
@@ -542,7 +568,7 @@ impl App {
     async fn preflight(
         self: &Arc<Self>,
         claimed: Vec<(ClaimedJob, Option<Probe>)>,
-        facts: &HashMap<(i64, String), NumberFacts>,
+        mut facts: HashMap<(i64, String), NumberFacts>,
         now: DateTime<Utc>,
     ) -> Result<Preflight, (anyhow::Error, Vec<ClaimedJob>)> {
         let mut campaigns = HashMap::new();
@@ -605,9 +631,9 @@ impl App {
                 continue;
             }
 
+            // A phone is in a campaign once: each entry serves one job, taken, not copied.
             let mut f = facts
-                .get(&(job.campaign_id, job.phone.clone()))
-                .cloned()
+                .remove(&(job.campaign_id, job.phone.clone()))
                 .unwrap_or_default();
             // An unresolved attempt is re-sent under its key: not a new call, so it
             // does not count against itself (the dispatch checks caps for new
@@ -623,9 +649,10 @@ impl App {
                     f.counted_calls_ms.remove(i);
                 }
             }
-            let verdict =
-                self.engine
-                    .evaluate(&recipient, &campaign.policy, &engine_facts(&f), now);
+            let facts = engine_facts(&f);
+            let verdict = self
+                .engine
+                .evaluate(&recipient, &campaign.policy, &facts, now);
             let audit = self.audit(&job, &verdict, "claim");
             if let Some(u) = self.verdict_update(&job, cname, &verdict, false) {
                 pre.audits.push(audit);
@@ -636,6 +663,7 @@ impl App {
                 job,
                 campaign,
                 recipient,
+                facts,
                 probe,
                 audit,
             });
@@ -645,8 +673,11 @@ impl App {
 
     /// Dispatches one group that passed the pacer, with the batch's pending audit
     /// rows and decisions, then starts a dial task for each job sent. A job refused
-    /// by a pause or halt that began meanwhile goes back unchanged (SPEC section 8);
-    /// the time rules are evaluated again right before the dispatch.
+    /// by a pause or halt that began meanwhile goes back unchanged (SPEC section 8).
+    /// Time passed since the claim (the pacer's wait), so right before the dispatch a
+    /// kept key is checked against `revdesk.key_ttl` again (SPEC section 7) and the
+    /// whole pre-flight runs again on the claim's facts (SPEC section 6); the dial
+    /// task checks both once more right before the request leaves.
     async fn flush(
         self: &Arc<Self>,
         pre: &mut Preflight,
@@ -669,14 +700,18 @@ impl App {
                 continue;
             }
             audits.push(a.audit.clone());
-            // The time rules again, immediately before the request (SPEC section 6).
-            let tv = self
-                .engine
-                .evaluate_time(&a.recipient, &a.campaign.policy, now);
-            if !tv.is_allow() {
-                audits.push(self.audit(&a.job, &tv, "pre_request"));
+            // A kept key that outlived revdesk.key_ttl while the job waited is never
+            // re-sent (the vendor may have forgotten it): settled, as at the claim.
+            if let Some(u) = self.settle_expired_key(&a.job, &a.campaign, now) {
+                decided.push((a.job, u));
+                continue;
+            }
+            // The whole pre-flight again, on the claim's facts, at this instant: a
+            // consent that expired or a window that closed since the claim blocks.
+            if let Some(v) = self.pre_request_verdict(&a.recipient, &a.campaign, &a.facts, now) {
+                audits.push(self.audit(&a.job, &v, "pre_request"));
                 let sent = a.job.current_attempt.as_ref().is_some_and(|x| x.sends > 0);
-                if let Some(u) = self.verdict_update(&a.job, &a.campaign.row.name, &tv, sent) {
+                if let Some(u) = self.verdict_update(&a.job, &a.campaign.row.name, &v, sent) {
                     decided.push((a.job, u));
                 }
                 continue;
@@ -785,6 +820,7 @@ impl App {
                         job,
                         campaign: a.campaign,
                         recipient: a.recipient,
+                        facts: a.facts,
                         attempt,
                         probe: a.probe,
                     });

@@ -1,5 +1,6 @@
-//! The dial of one attempt: pacing, the time rules again right before every
-//! request, the request, and the decision on its answer (retries included).
+//! The dial of one attempt: pacing, then right before every request the key's age
+//! (`revdesk.key_ttl`) and the whole pre-flight again on the claim's facts, the
+//! request, and the decision on its answer (retries included).
 
 use super::app::{ACCOUNT, App, CampaignCtx, jitter_ms};
 use crate::decision::{self, Action, Counter, DialContext};
@@ -46,6 +47,9 @@ impl App {
 
     /// The job's key is older than `revdesk.key_ttl`: the decision that settles its
     /// possibly placed attempt (never re-sent: the vendor may have forgotten the key).
+    /// Checked at the claim and again immediately before every re-send of the key
+    /// (the dispatch after the pacer's wait, each provider retry after its backoff):
+    /// the key ages while the job waits (SPEC section 7). `None`: the key may go.
     pub(crate) fn settle_expired_key(
         &self,
         job: &ClaimedJob,
@@ -56,7 +60,8 @@ impl App {
         if attempt.placement != Placement::PossiblyPlaced {
             return None;
         }
-        let pauses = self.pause_counts_snapshot();
+        // Settling never pauses: no pause counts needed (an empty map allocates nothing).
+        let pauses = decision::PauseCounts::default();
         let ctx = self.dial_context(job, attempt, campaign, &pauses, now);
         let d = decision::settle_expired_key(&ctx, now, &mut rand::rng())?;
         tracing::warn!(
@@ -100,12 +105,14 @@ impl App {
 
     /// The request of an attempt whose send the dispatch already counted, its
     /// answer's decision, and the same-key retries that decision may ask for (each
-    /// paced, checked against pauses and the time rules, and counted before it leaves).
+    /// paced, checked against pauses, the key's age and the whole pre-flight, and
+    /// counted before it leaves).
     async fn dial_loop(self: &Arc<Self>, r: &mut super::app::Ready) -> anyhow::Result<()> {
         let super::app::Ready {
             job,
             campaign,
             recipient,
+            facts,
             attempt,
             probe,
         } = r;
@@ -133,16 +140,22 @@ impl App {
                 }
             }
 
-            // The time rules again, immediately before the request (SPEC section 6).
+            // Immediately before the request: time passed since the claim (the
+            // pacer, a retry's backoff, the previous request). A key past
+            // revdesk.key_ttl is never re-sent (SPEC section 7) ...
             let now = self.now();
-            let tv = self.engine.evaluate_time(recipient, &campaign.policy, now);
-            if !tv.is_allow() {
+            if let Some(u) = self.settle_expired_key(job, campaign, now) {
+                Box::pin(self.update(job, &u)).await?;
+                return Ok(());
+            }
+            // ... and the whole pre-flight runs again on the claim's facts (SPEC
+            // section 6): a consent that expired or a window that closed blocks.
+            if let Some(v) = self.pre_request_verdict(recipient, campaign, facts, now) {
                 self.store
-                    .insert_audit(&[self.audit(job, &tv, "pre_request")])
+                    .insert_audit(&[self.audit(job, &v, "pre_request")])
                     .await?;
                 // A counted send keeps its attempt (and key): it may be re-sent later.
-                Box::pin(self.apply_verdict(job, &cname, &tv, counted || attempt.sends > 0))
-                    .await?;
+                Box::pin(self.apply_verdict(job, &cname, &v, counted || attempt.sends > 0)).await?;
                 return Ok(());
             }
 

@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod demo;
+mod dial_time;
 mod e2e;
 mod probes;
 mod reconcile;
