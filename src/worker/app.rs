@@ -676,8 +676,9 @@ impl App {
     /// by a pause or halt that began meanwhile goes back unchanged (SPEC section 8).
     /// Time passed since the claim (the pacer's wait), so right before the dispatch a
     /// kept key is checked against `revdesk.key_ttl` again (SPEC section 7) and the
-    /// whole pre-flight runs again on the claim's facts (SPEC section 6); the dial
-    /// task checks both once more right before the request leaves.
+    /// whole pre-flight runs again on the claim's facts (SPEC section 6); the first
+    /// request leaves right after the dispatch, and the dial task checks both again
+    /// before each same-key retry.
     async fn flush(
         self: &Arc<Self>,
         pre: &mut Preflight,

@@ -118,6 +118,8 @@ impl App {
         } = r;
         let cname = campaign.row.name.clone();
         job.current_attempt = Some(attempt.clone());
+        // The dispatch counted the first send, right after the claim's checks ran
+        // again in `flush`: the first request leaves at once.
         let mut counted = true;
         loop {
             if !counted {
@@ -138,28 +140,26 @@ impl App {
                         .await?;
                     return Ok(());
                 }
-            }
 
-            // Immediately before the request: time passed since the claim (the
-            // pacer, a retry's backoff, the previous request). A key past
-            // revdesk.key_ttl is never re-sent (SPEC section 7) ...
-            let now = self.now();
-            if let Some(u) = self.settle_expired_key(job, campaign, now) {
-                Box::pin(self.update(job, &u)).await?;
-                return Ok(());
-            }
-            // ... and the whole pre-flight runs again on the claim's facts (SPEC
-            // section 6): a consent that expired or a window that closed blocks.
-            if let Some(v) = self.pre_request_verdict(recipient, campaign, facts, now) {
-                self.store
-                    .insert_audit(&[self.audit(job, &v, "pre_request")])
-                    .await?;
-                // A counted send keeps its attempt (and key): it may be re-sent later.
-                Box::pin(self.apply_verdict(job, &cname, &v, counted || attempt.sends > 0)).await?;
-                return Ok(());
-            }
+                // Immediately before the request: time passed since the previous one
+                // (the request itself, the retry's backoff, the pacer). A key past
+                // revdesk.key_ttl is never re-sent (SPEC section 7) ...
+                let now = self.now();
+                if let Some(u) = self.settle_expired_key(job, campaign, now) {
+                    Box::pin(self.update(job, &u)).await?;
+                    return Ok(());
+                }
+                // ... and the whole pre-flight runs again on the claim's facts (SPEC
+                // section 6): a consent that expired or a window that closed blocks.
+                if let Some(v) = self.pre_request_verdict(recipient, campaign, facts, now) {
+                    self.store
+                        .insert_audit(&[self.audit(job, &v, "pre_request")])
+                        .await?;
+                    // A sent attempt keeps its key: it may be re-sent later.
+                    Box::pin(self.apply_verdict(job, &cname, &v, true)).await?;
+                    return Ok(());
+                }
 
-            if !counted {
                 if !self
                     .store
                     .mark_sending(job.id, attempt.id, &self.worker_id, ms(now))

@@ -15,6 +15,9 @@ use tokio::task::JoinSet;
 
 /// How long a taken probe holds off other probes (the probe dial itself decides).
 const PROBE_HOLD_MS: i64 = 60_000;
+/// A probe that found no due job is given back for this long, so that the next due
+/// job probes instead of waiting out [`PROBE_HOLD_MS`].
+const PROBE_GIVE_BACK_MS: i64 = 5_000;
 
 /// What the claim loop may do in one round, given the halts in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +144,7 @@ impl App {
                     if let Some(reason) = c.auto_pause_reason {
                         let _ = self
                             .store
-                            .pause_campaign(cid, &reason, Some(now_ms + 5_000), now_ms)
+                            .pause_campaign(cid, &reason, Some(now_ms + PROBE_GIVE_BACK_MS), now_ms)
                             .await;
                     }
                 }
@@ -277,7 +280,7 @@ impl App {
                     if let Some((reason, _)) = self.worker_halt() {
                         self.set_worker_halt(Some((
                             reason,
-                            now + chrono::Duration::milliseconds(5_000),
+                            now + chrono::Duration::milliseconds(PROBE_GIVE_BACK_MS),
                         )))
                         .await;
                     }
@@ -288,7 +291,7 @@ impl App {
                 if let Ok(Some(h)) = self.store.account_halt(ACCOUNT).await {
                     let _ = self
                         .store
-                        .halt_account(ACCOUNT, &h.reason, now_ms + 5_000, now_ms)
+                        .halt_account(ACCOUNT, &h.reason, now_ms + PROBE_GIVE_BACK_MS, now_ms)
                         .await;
                 }
             }

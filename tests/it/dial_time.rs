@@ -15,7 +15,9 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use crate::both_backends;
-use crate::e2e::{SECRET, campaign, contact, contacts, fixed_now, load, settings};
+use crate::e2e::{
+    campaign, contact, contacts, fixed_now, load, poll_until, settings, simulator_on,
+};
 use crate::support::TestDb;
 use chrono::{DateTime, Utc};
 use dialer::clock::Clock;
@@ -115,18 +117,6 @@ impl Pool {
     }
 }
 
-/// A simulator on `clock` whose webhooks go to `listener` (the worker's HTTP side).
-async fn simulator(mut scenario: Scenario, listener: &TcpListener, clock: &Clock) -> Simulator {
-    scenario.webhook_url = Some(format!(
-        "http://{}/webhooks/revdesk",
-        listener.local_addr().unwrap()
-    ));
-    scenario.webhook_secret = SECRET.into();
-    Simulator::start_with_clock(scenario, clock.clone())
-        .await
-        .expect("simulator")
-}
-
 /// The worker, in a task of its own, until nothing is due or in flight.
 fn start_worker(
     store: &DynStore,
@@ -146,19 +136,6 @@ async fn finish(worker: JoinHandle<()>) {
         .await
         .expect("the worker did not settle")
         .expect("the worker task failed");
-}
-
-/// Polls `done` every 20 ms until it holds; panics after `limit`.
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut done: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn requests_to(sim: &Simulator, phone: &str) -> Vec<RequestRecord> {
@@ -217,13 +194,13 @@ both_backends! {
 
         let clock = Clock::starting_at(fixed_now());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim = simulator(Scenario::default(), &listener, &clock).await;
+        let sim = simulator_on(Scenario::default(), &listener, &clock).await;
         let worker = start_worker(store, slow_rate(&db, &sim, &[]), listener, &clock);
 
         // The first number took the only token; the second is claimed (pre-flight
         // passed: its consent is valid for another hour) and waits for the next one.
         let (p, s) = (&pool, &sim);
-        wait_for(Duration::from_secs(30), "the first is dialed and the second waits", move || async move {
+        poll_until(Duration::from_secs(30), "the first is dialed and the second waits", move || async move {
             !requests_to(s, first).is_empty()
                 && p.job(second).await.status == "running"
                 && p.attempts(second).await.is_empty()
@@ -266,12 +243,12 @@ both_backends! {
         let mut scenario = Scenario::default();
         scenario.stall_for = Duration::from_secs(10);
         scenario.rules = vec![Rule::for_number(phone, &["stall", "accept"]).unwrap()];
-        let sim = simulator(scenario, &listener, &clock).await;
+        let sim = simulator_on(scenario, &listener, &clock).await;
         let s = settings(&db.url, &sim, &[("revdesk.timeout", text("3s"))]);
         let worker = start_worker(store, s, listener, &clock);
 
         let s = &sim;
-        wait_for(Duration::from_secs(30), "the first request is in flight", move || async move {
+        poll_until(Duration::from_secs(30), "the first request is in flight", move || async move {
             requests_to(s, phone).len() == 1
         })
         .await;
@@ -311,12 +288,12 @@ both_backends! {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut scenario = Scenario::default();
         scenario.rules = vec![Rule::for_number(phone, &["empty500", "empty500", "empty500", "accept"]).unwrap()];
-        let sim = simulator(scenario, &listener, &clock).await;
+        let sim = simulator_on(scenario, &listener, &clock).await;
         let worker = start_worker(store, settings(&db.url, &sim, &[]), listener, &clock);
 
         // The third 5xx was decided (a third same-key retry, 2-3 s of backoff ahead).
         let p = &pool;
-        wait_for(Duration::from_secs(30), "the third retry is decided", move || async move {
+        poll_until(Duration::from_secs(30), "the third retry is decided", move || async move {
             p.job(phone).await.provider_retries == 3
         })
         .await;
@@ -366,13 +343,13 @@ both_backends! {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut scenario = Scenario::default();
         scenario.rules = vec![Rule::for_number(phone, &["empty500", "empty500", "empty500", "accept"]).unwrap()];
-        let sim = simulator(scenario, &listener, &clock).await;
+        let sim = simulator_on(scenario, &listener, &clock).await;
         let s = settings(&db.url, &sim, &[("revdesk.key_ttl", text("1h"))]);
         let worker = start_worker(store, s, listener, &clock);
 
         // The third 5xx was decided (a third same-key retry, 2-3 s of backoff ahead).
         let p = &pool;
-        wait_for(Duration::from_secs(30), "the third retry is decided", move || async move {
+        poll_until(Duration::from_secs(30), "the third retry is decided", move || async move {
             p.job(phone).await.provider_retries == 3
         })
         .await;
@@ -415,7 +392,7 @@ both_backends! {
         let addr = listener.local_addr().unwrap();
         let mut scenario = Scenario::default();
         scenario.rules = phones.iter().map(|p| Rule::for_number(p, &["empty500", "accept"]).unwrap()).collect();
-        let sim = simulator(scenario, &listener, &clock).await;
+        let sim = simulator_on(scenario, &listener, &clock).await;
         let extra = [("revdesk.key_ttl", text("1h")), ("retry.provider_max", toml::Value::Integer(0))];
 
         // First run: each gets a 5xx and is requeued with its key (5m, same key).
@@ -439,7 +416,7 @@ both_backends! {
             (sent.len() == 1).then(|| if sent[0] == phones[0] { phones[1] } else { phones[0] })
         };
         let (p, s) = (&pool, &sim);
-        wait_for(Duration::from_secs(30), "one is re-sent and the other waits", move || async move {
+        poll_until(Duration::from_secs(30), "one is re-sent and the other waits", move || async move {
             match unsent(s) {
                 Some(other) => p.job(other).await.status == "running",
                 None => false,

@@ -33,15 +33,89 @@ pub fn clock() -> Clock {
 }
 
 /// A simulator whose webhooks go to `listener` (the worker's HTTP side).
-pub async fn simulator(mut scenario: Scenario, listener: &TcpListener) -> Simulator {
+pub async fn simulator(scenario: Scenario, listener: &TcpListener) -> Simulator {
+    simulator_on(scenario, listener, &clock()).await
+}
+
+/// [`simulator`] on a given clock (the one the test's worker runs on).
+pub async fn simulator_on(
+    mut scenario: Scenario,
+    listener: &TcpListener,
+    clock: &Clock,
+) -> Simulator {
     scenario.webhook_url = Some(format!(
         "http://{}/webhooks/revdesk",
         listener.local_addr().unwrap()
     ));
     scenario.webhook_secret = SECRET.into();
-    Simulator::start_with_clock(scenario, clock())
+    Simulator::start_with_clock(scenario, clock.clone())
         .await
         .expect("simulator")
+}
+
+/// One in-process worker serving in the background until [`Running::stop`].
+pub struct Running {
+    pub app: Arc<dialer::worker::app::App>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn start(
+        store: &DynStore,
+        settings: Settings,
+        listener: TcpListener,
+        clock: &Clock,
+    ) -> Running {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let app = dialer::worker::build(
+            settings,
+            store.clone(),
+            clock.clone(),
+            CancellationToken::new(),
+        )
+        .expect("build worker");
+        let app = Arc::new(app);
+        let task = tokio::spawn(dialer::worker::serve(app.clone(), listener, false));
+        Running { app, task }
+    }
+
+    /// Stops the worker the way SIGTERM does and waits until it has: the dials in
+    /// flight are decided (and a probe's answer applied) before this returns.
+    pub async fn stop(self) {
+        self.app.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the worker did not stop")
+            .expect("worker task panicked")
+            .expect("worker failed");
+    }
+}
+
+/// Polls `done` every 20 ms until it holds; panics after `limit`.
+pub async fn poll_until<F, Fut>(limit: Duration, what: &str, done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    poll_every(Duration::from_millis(20), limit, what, done).await
+}
+
+async fn poll_every<F, Fut>(every: Duration, limit: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(every).await;
+    }
 }
 
 pub fn settings(db_url: &str, sim: &Simulator, extra: &[(&str, toml::Value)]) -> Settings {
@@ -254,13 +328,7 @@ both_backends! {
         assert_eq!(st.campaigns[0].jobs["queued"], 1, "requeued after the 5xx: {st:?}");
 
         // The requeue's delay (5 minutes) has passed.
-        let due = fixed_now().timestamp_millis();
-        let sql = format!("UPDATE jobs SET due_at_ms = {due}");
-        if db.url.starts_with("sqlite:") {
-            sqlx::query(&sql).execute(&sqlx::SqlitePool::connect(&db.url).await.unwrap()).await.unwrap();
-        } else {
-            sqlx::query(&sql).execute(&sqlx::PgPool::connect(&db.url).await.unwrap()).await.unwrap();
-        }
+        db.execute(&format!("UPDATE jobs SET due_at_ms = {}", fixed_now().timestamp_millis())).await;
         // Same port: the simulator's webhooks go there.
         let listener = TcpListener::bind(addr).await.unwrap();
         run_until_idle(store, settings(&db.url, &sim, &extra), listener).await;
@@ -302,13 +370,7 @@ both_backends! {
         assert_eq!(st.campaigns[0].jobs["queued"], 1, "busy: requeued for attempt 2: {st:?}");
 
         // The busy requeue's delay has passed.
-        let due = fixed_now().timestamp_millis();
-        let sql = format!("UPDATE jobs SET due_at_ms = {due}");
-        if db.url.starts_with("sqlite:") {
-            sqlx::query(&sql).execute(&sqlx::SqlitePool::connect(&db.url).await.unwrap()).await.unwrap();
-        } else {
-            sqlx::query(&sql).execute(&sqlx::PgPool::connect(&db.url).await.unwrap()).await.unwrap();
-        }
+        db.execute(&format!("UPDATE jobs SET due_at_ms = {}", fixed_now().timestamp_millis())).await;
         let listener = TcpListener::bind(addr).await.unwrap();
         run_until_idle(store, settings(&db.url, &sim, &extra), listener).await;
         let reqs = sim.requests();
@@ -470,16 +532,12 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until `done` holds (polling the database), or panics after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut done: F)
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = std::time::Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll_every(Duration::from_millis(200), limit, what, done).await
 }
 
 fn terminate(p: &mut WorkerProc) {

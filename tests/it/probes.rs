@@ -9,18 +9,18 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use crate::both_backends;
-use crate::e2e::{SECRET, campaign, contact, contacts, fixed_now, settings};
+use crate::e2e::{
+    Running, campaign, contact, contacts, fixed_now, poll_until, settings, simulator_on,
+};
 use crate::support::TestDb;
 use dialer::clock::Clock;
 use dialer::config::Settings;
 use dialer::simulator::scenario::{Action as SimAction, Rule};
 use dialer::simulator::{Scenario, Simulator};
 use dialer::store::{CampaignRow, DynStore};
-use dialer::worker::app::{ACCOUNT, App};
-use std::sync::Arc;
+use dialer::worker::app::ACCOUNT;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Only reached when something is broken.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -58,20 +58,7 @@ fn number_rule(number: &str, script: &[&str]) -> Rule {
 async fn simulator(rules: Vec<Rule>, listener: &TcpListener, clock: &Clock) -> Simulator {
     let mut scenario = Scenario::default();
     scenario.rules = rules;
-    scenario.webhook_url = Some(format!(
-        "http://{}/webhooks/revdesk",
-        listener.local_addr().unwrap()
-    ));
-    scenario.webhook_secret = SECRET.into();
-    Simulator::start_with_clock(scenario, clock.clone())
-        .await
-        .expect("simulator")
-}
-
-/// One in-process worker running in the background.
-struct Running {
-    app: Arc<App>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    simulator_on(scenario, listener, clock).await
 }
 
 async fn start(
@@ -80,48 +67,16 @@ async fn start(
     listener: TcpListener,
     clock: &Clock,
 ) -> Running {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let app = dialer::worker::build(
-        settings,
-        store.clone(),
-        clock.clone(),
-        CancellationToken::new(),
-    )
-    .expect("build worker");
-    let app = Arc::new(app);
-    let task = tokio::spawn(dialer::worker::serve(app.clone(), listener, false));
-    Running { app, task }
-}
-
-impl Running {
-    /// Stops the worker the way SIGTERM does and waits until it has: the dials in
-    /// flight are decided (and a probe's answer applied) before this returns.
-    async fn stop(self) {
-        self.app.cancel.cancel();
-        tokio::time::timeout(LIMIT, self.task)
-            .await
-            .expect("the worker did not stop")
-            .expect("worker task panicked")
-            .expect("worker failed");
-    }
+    Running::start(store, settings, listener, clock).await
 }
 
 /// Polls `done` every 20ms until it holds; panics after [`LIMIT`].
-async fn wait_for<F, Fut>(what: &str, mut done: F)
+async fn wait_for<F, Fut>(what: &str, done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = std::time::Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < LIMIT, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(LIMIT, what, done).await
 }
 
 /// One job as the database has it.

@@ -8,9 +8,9 @@
 
 use crate::both_backends;
 use crate::e2e::{
-    campaign, clock, contact, contacts, fixed_now, run_until_idle, settings, simulator, wait_until,
+    Running, campaign, clock, contact, contacts, fixed_now, run_until_idle, settings, simulator,
+    wait_until,
 };
-use dialer::clock::Clock;
 use dialer::simulator::Rule;
 use dialer::simulator::Scenario;
 use dialer::store::DynStore;
@@ -26,36 +26,6 @@ window = { start = "09:00", end = "20:00" }
 require_consent = false
 max_attempts = 1
 "#;
-
-/// A worker started in this process, serving until [`Running::stop`].
-struct Running {
-    app: Arc<dialer::worker::app::App>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start(
-        store: &DynStore,
-        settings: dialer::config::Settings,
-        listener: TcpListener,
-        clock: Clock,
-    ) -> Running {
-        let app = dialer::worker::build(settings, store.clone(), clock, CancellationToken::new())
-            .expect("build worker");
-        let app = Arc::new(app);
-        let task = tokio::spawn(dialer::worker::serve(app.clone(), listener, false));
-        Running { app, task }
-    }
-
-    async fn stop(self) {
-        self.app.cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("the worker did not stop")
-            .expect("worker task")
-            .expect("worker failed");
-    }
-}
 
 fn prefix_rule(prefix: &str, duration: Option<Duration>) -> Rule {
     Rule {
@@ -96,7 +66,7 @@ both_backends! {
             &sim,
             &[("outcome_timeout", s("1s"))],
         );
-        let worker = Running::start(store, settings, listener, clock()).await;
+        let worker = Running::start(store, settings, listener, &clock()).await;
 
         let long: Vec<_> = (0..210).map(|i| contact(&format!("+1212234{:04}", 1000 + i))).collect();
         contacts(store, id, long).await;
@@ -142,7 +112,7 @@ both_backends! {
         );
         // The worker's own clock: the heartbeat is written in its time.
         let worker_clock = clock();
-        let worker = Running::start(store, settings, listener, worker_clock.clone()).await;
+        let worker = Running::start(store, settings, listener, &worker_clock).await;
         let worker_id = worker.app.worker_id.clone();
         let numbers: Vec<_> = (0..6).map(|i| contact(&format!("+1212234{:04}", 1000 + i))).collect();
         contacts(store, id, numbers).await;

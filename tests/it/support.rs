@@ -77,6 +77,18 @@ impl TestDb {
         }
     }
 
+    /// Runs one statement on the test's database through a pool of its own (test
+    /// set-up the store has no method for).
+    pub async fn execute(&self, sql: &str) {
+        if self.url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        } else {
+            let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    }
+
     pub async fn postgres() -> TestDb {
         let admin = pg_admin_url();
         let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
