@@ -145,6 +145,20 @@ macro_rules! impl_store {
                 wsql::pause_campaign(&self.pool, id, reason, until_ms, now_ms).await
             }
 
+            async fn repause_campaign(
+                &self,
+                id: i64,
+                reason: &str,
+                until_ms: Option<i64>,
+                now_ms: i64,
+            ) -> Result<()> {
+                wsql::repause_campaign(&self.pool, id, reason, until_ms, now_ms).await
+            }
+
+            async fn defer_campaign_probe(&self, id: i64, until_ms: i64, now_ms: i64) -> Result<()> {
+                wsql::defer_campaign_probe(&self.pool, id, until_ms, now_ms).await
+            }
+
             async fn lift_auto_pause(&self, id: i64, now_ms: i64) -> Result<()> {
                 wsql::lift_auto_pause(&self.pool, id, now_ms).await
             }
@@ -165,6 +179,20 @@ macro_rules! impl_store {
                 now_ms: i64,
             ) -> Result<()> {
                 wsql::halt_account(&self.pool, account, reason, probe_at_ms, now_ms).await
+            }
+
+            async fn rehalt_account(
+                &self,
+                account: &str,
+                reason: &str,
+                probe_at_ms: i64,
+                now_ms: i64,
+            ) -> Result<()> {
+                wsql::rehalt_account(&self.pool, account, reason, probe_at_ms, now_ms).await
+            }
+
+            async fn defer_account_probe(&self, account: &str, probe_at_ms: i64) -> Result<()> {
+                wsql::defer_account_probe(&self.pool, account, probe_at_ms).await
             }
 
             async fn lift_account_halt(&self, account: &str) -> Result<()> {
@@ -377,8 +405,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- pauses and halts ----
 
-    /// An automatic pause (vendor answer); `until_ms` None waits for `campaign resume`.
-    /// A pause for the same reason as the current one counts up (for doubling).
+    /// Begins an automatic pause (vendor answer) unless one is in force; `until_ms`
+    /// None waits for `campaign resume` (and replaces a timed pause in force). The
+    /// dials in flight when a pause began are that pause, not repeats of it.
     async fn pause_campaign(
         &self,
         id: i64,
@@ -386,11 +415,24 @@ pub trait Store: Send + Sync + 'static {
         until_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<()>;
+    /// The pause's probe dial failed: paused again; the same cause counts up
+    /// (`auto_pause_count`, which doubles the next length).
+    async fn repause_campaign(
+        &self,
+        id: i64,
+        reason: &str,
+        until_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// A taken probe found no job: the pause's probe is due again at `until_ms`.
+    async fn defer_campaign_probe(&self, id: i64, until_ms: i64, now_ms: i64) -> Result<()>;
     async fn lift_auto_pause(&self, id: i64, now_ms: i64) -> Result<()>;
     /// Campaigns whose automatic pause has ended and that wait for a probe dial:
     /// takes the probe (pushing the pause by `hold_ms`) and returns their ids.
     async fn take_campaign_probes(&self, now_ms: i64, hold_ms: i64) -> Result<Vec<i64>>;
     async fn account_halt(&self, account: &str) -> Result<Option<AccountHalt>>;
+    /// Begins an account halt unless one is in force (the dials in flight when it
+    /// began are that halt, not repeats of it).
     async fn halt_account(
         &self,
         account: &str,
@@ -398,6 +440,17 @@ pub trait Store: Send + Sync + 'static {
         probe_at_ms: i64,
         now_ms: i64,
     ) -> Result<()>;
+    /// The halt's probe dial failed: halted again; the same cause counts up
+    /// (`halt_count`, which doubles the next length).
+    async fn rehalt_account(
+        &self,
+        account: &str,
+        reason: &str,
+        probe_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// A taken probe found no job: the halt's probe is due again at `probe_at_ms`.
+    async fn defer_account_probe(&self, account: &str, probe_at_ms: i64) -> Result<()>;
     async fn lift_account_halt(&self, account: &str) -> Result<()>;
     /// Takes the account's probe dial if it is due (one worker wins), pushing the
     /// next probe by `hold_ms`.

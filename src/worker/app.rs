@@ -58,6 +58,16 @@ pub enum Probe {
     Worker,
 }
 
+impl Probe {
+    /// Whether this dial probes this worker's halt (alone or with another's).
+    pub fn probes_worker(self) -> bool {
+        matches!(
+            self,
+            Probe::Worker | Probe::Account { worker: true } | Probe::Campaign { worker: true, .. }
+        )
+    }
+}
+
 /// The pauses and halts in force when a claimed job is about to be sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Stops {

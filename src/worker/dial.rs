@@ -2,7 +2,7 @@
 //! (`revdesk.key_ttl`) and the whole pre-flight again on the claim's facts, the
 //! request, and the decision on its answer (retries included).
 
-use super::app::{ACCOUNT, App, CampaignCtx, jitter_ms};
+use super::app::{ACCOUNT, App, CampaignCtx, Probe, jitter_ms};
 use crate::decision::{self, Action, Counter, DialContext};
 use crate::metrics as m;
 use crate::revdesk::wire::DialResult;
@@ -194,7 +194,7 @@ impl App {
                 b.is_tripped()
             };
             let now = self.now();
-            let pauses = self.pause_counts_snapshot();
+            let pauses = Box::pin(self.pause_counts_for(*probe)).await?;
             let next_allowed = {
                 // The next locally allowed time after the earliest vendor floor.
                 let floor = now
@@ -332,10 +332,27 @@ impl App {
                     job_due,
                 } => {
                     tracing::warn!(campaign = %cname, reason = reason.as_str(), until = ?until, "pausing the campaign");
-                    self.store
-                        .pause_campaign(job.campaign_id, reason.as_str(), until.map(ms), ms(now))
-                        .await?;
-                    self.bump_pause(reason.as_str());
+                    // Only this pause's probe repeats it (the length doubles);
+                    // another dial begins one, or is part of the one in force.
+                    if matches!(*probe, Some(Probe::Campaign { id, .. }) if id == job.campaign_id) {
+                        self.store
+                            .repause_campaign(
+                                job.campaign_id,
+                                reason.as_str(),
+                                until.map(ms),
+                                ms(now),
+                            )
+                            .await?;
+                    } else {
+                        self.store
+                            .pause_campaign(
+                                job.campaign_id,
+                                reason.as_str(),
+                                until.map(ms),
+                                ms(now),
+                            )
+                            .await?;
+                    }
                     self.invalidate_campaign(job.campaign_id);
                     u.due_at_ms = Some(ms(*job_due));
                     u.reason = Some(reason.as_str().to_owned());
@@ -349,10 +366,15 @@ impl App {
                     job_due,
                 } => {
                     tracing::error!(reason = reason.as_str(), probe_at = %probe_at, "halting dialing for the account");
-                    self.store
-                        .halt_account(ACCOUNT, reason.as_str(), ms(*probe_at), ms(now))
-                        .await?;
-                    self.bump_pause(reason.as_str());
+                    if matches!(*probe, Some(Probe::Account { .. })) {
+                        self.store
+                            .rehalt_account(ACCOUNT, reason.as_str(), ms(*probe_at), ms(now))
+                            .await?;
+                    } else {
+                        self.store
+                            .halt_account(ACCOUNT, reason.as_str(), ms(*probe_at), ms(now))
+                            .await?;
+                    }
                     self.account_halted
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                     u.due_at_ms = Some(ms(*job_due) + jitter_ms(30_000));
@@ -367,10 +389,18 @@ impl App {
                     job_due,
                 } => {
                     tracing::error!(reason = reason.as_str(), code = %code, "halting this worker's dialing: configuration or credential fault");
-                    Box::pin(self.set_worker_halt(Some((reason.as_str().to_owned(), *probe_at))))
+                    // Repeated halts for the same cause double (SPEC section 8): the
+                    // probe's failure repeats the halt; the dials that were in flight
+                    // when it began are part of it (they neither double it nor move
+                    // its probe).
+                    let repeat = probe.is_some_and(|p| p.probes_worker());
+                    if repeat || self.worker_halt().is_none() {
+                        self.count_worker_halt(reason.as_str(), repeat);
+                        Box::pin(
+                            self.set_worker_halt(Some((reason.as_str().to_owned(), *probe_at))),
+                        )
                         .await;
-                    // Repeated halts for the same cause double (SPEC section 8).
-                    self.bump_pause(reason.as_str());
+                    }
                     u.due_at_ms = Some(ms(*job_due));
                     u.reason = Some(reason.as_str().to_owned());
                     u.reason_source = Some("vendor");

@@ -617,9 +617,7 @@ impl App {
         match probe {
             Probe::Account { worker } => {
                 tracing::info!("account probe dial succeeded: dialing resumes");
-                if let Some(h) = self.store.account_halt(ACCOUNT).await? {
-                    self.reset_pause(&h.reason);
-                }
+                // Lifted with its count: the next halt starts from the base length.
                 self.store.lift_account_halt(ACCOUNT).await?;
                 // The failures before an outage halt must not trip the breaker again
                 // at the first failure after it.
@@ -634,14 +632,7 @@ impl App {
                     campaign_id = id,
                     "campaign probe dial succeeded: the pause ends"
                 );
-                if let Some(reason) = self
-                    .store
-                    .campaign_by_id(campaign_id)
-                    .await?
-                    .and_then(|c| c.auto_pause_reason)
-                {
-                    self.reset_pause(&reason);
-                }
+                // The next pause begins at count 1 (`Store::pause_campaign`).
                 self.store
                     .lift_auto_pause(campaign_id, self.now().timestamp_millis())
                     .await?;
@@ -662,9 +653,7 @@ impl App {
     /// A probe for this worker's halt succeeded: the halt ends, and the doubling of
     /// its cause starts over.
     async fn lift_worker_halt(&self) {
-        if let Some((reason, _)) = self.worker_halt() {
-            self.reset_pause(&reason);
-        }
+        self.reset_worker_halt_count();
         self.set_worker_halt(None).await;
     }
 

@@ -71,30 +71,63 @@ impl App {
         self.breaker_mutex().lock().expect("poisoned")
     }
 
-    pub(crate) fn pause_counts_snapshot(&self) -> PauseCounts {
-        self.pause_counts_mutex().lock().expect("poisoned").clone()
+    /// The repeat counts a dial's decision doubles pauses and halts by. "Repeated
+    /// pauses for the same cause double their length" (SPEC section 8) is read as
+    /// pauses with no success between them, as any backoff resets on success: a
+    /// pause or halt ends with one probe dial, and only that probe's failure
+    /// repeats it. Any other dial either begins one (the base length) or, while
+    /// one is in force, is part of it: the hundreds of dials in flight when an
+    /// outage began are one halt, not hundreds of doublings to the cap. So a dial
+    /// that probes nothing doubles nothing, and a probe dial gets the count of what
+    /// it probes: the database's for account halts (`halt_count`) and campaign
+    /// pauses (`auto_pause_count`), shared by every worker; this process's own for
+    /// its worker halt.
+    pub(crate) async fn pause_counts_for(
+        &self,
+        probe: Option<Probe>,
+    ) -> anyhow::Result<PauseCounts> {
+        let mut counts = PauseCounts::default();
+        let Some(probe) = probe else {
+            return Ok(counts);
+        };
+        if probe.probes_worker() {
+            counts = self.pause_counts_mutex().lock().expect("poisoned").clone();
+        }
+        match probe {
+            Probe::Account { .. } => {
+                if let Some(h) = self.store.account_halt(ACCOUNT).await? {
+                    counts.0.insert(h.reason, h.halt_count.max(0) as u32);
+                }
+            }
+            Probe::Campaign { id, .. } => {
+                if let Some(c) = self.store.campaign_by_id(id).await? {
+                    if let Some(reason) = c.auto_pause_reason {
+                        counts.0.insert(reason, c.auto_pause_count.max(0) as u32);
+                    }
+                }
+            }
+            Probe::Worker => {}
+        }
+        Ok(counts)
     }
 
-    /// The fault behind pauses or halts for `reason` cleared (a probe succeeded):
-    /// the next one for it starts again from the base length. "Repeated pauses
-    /// for the same cause double" (SPEC section 8) is read as pauses with no
-    /// success between them, as any backoff resets on success.
-    pub(crate) fn reset_pause(&self, reason: &str) {
+    /// This worker halts for `reason`: the first halt of a cause counts 1, and a
+    /// failed probe of it (`repeat`) one more.
+    pub(crate) fn count_worker_halt(&self, reason: &str, repeat: bool) {
+        let mut counts = self.pause_counts_mutex().lock().expect("poisoned");
+        let previous = if repeat { counts.get(reason) } else { 0 };
+        counts.0.clear();
+        counts.0.insert(reason.to_owned(), previous + 1);
+    }
+
+    /// This worker's halt ended (its probe succeeded): the next one starts again
+    /// from the base length.
+    pub(crate) fn reset_worker_halt_count(&self) {
         self.pause_counts_mutex()
             .lock()
             .expect("poisoned")
             .0
-            .remove(reason);
-    }
-
-    pub(crate) fn bump_pause(&self, reason: &str) {
-        *self
-            .pause_counts_mutex()
-            .lock()
-            .expect("poisoned")
-            .0
-            .entry(reason.to_owned())
-            .or_default() += 1;
+            .clear();
     }
 
     pub(crate) async fn set_worker_halt(&self, halt: Option<(String, DateTime<Utc>)>) {
@@ -140,14 +173,12 @@ impl App {
                 .claim(&self.worker_id, 1, now_ms, lease_ms, Some(cid))
                 .await?;
             if jobs.is_empty() {
-                if let Ok(Some(c)) = self.store.campaign_by_id(cid).await {
-                    if let Some(reason) = c.auto_pause_reason {
-                        let _ = self
-                            .store
-                            .pause_campaign(cid, &reason, Some(now_ms + PROBE_GIVE_BACK_MS), now_ms)
-                            .await;
-                    }
-                }
+                // No due job to probe with: the probe is due again within 5 s
+                // (not after its hold), and nothing else changes.
+                let _ = self
+                    .store
+                    .defer_campaign_probe(cid, now_ms + PROBE_GIVE_BACK_MS, now_ms)
+                    .await;
             }
             out.extend(
                 jobs.into_iter()
@@ -288,12 +319,10 @@ impl App {
             }
             if claimed.is_empty() && matches!(probe, Some(Probe::Account { .. })) {
                 // The account probe found no due job: give it back likewise.
-                if let Ok(Some(h)) = self.store.account_halt(ACCOUNT).await {
-                    let _ = self
-                        .store
-                        .halt_account(ACCOUNT, &h.reason, now_ms + PROBE_GIVE_BACK_MS, now_ms)
-                        .await;
-                }
+                let _ = self
+                    .store
+                    .defer_account_probe(ACCOUNT, now_ms + PROBE_GIVE_BACK_MS)
+                    .await;
             }
             if claimed.is_empty() {
                 if until_idle && batches.is_empty() && db!(self.quiescent().await) {

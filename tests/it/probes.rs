@@ -186,6 +186,13 @@ both_backends! {
         let halt = db.store.account_halt(ACCOUNT).await.unwrap().expect("still halted");
         assert_eq!(halt.reason, "voice_usage_exhausted");
         assert_eq!(halt.halt_count, 2, "halted again by the probe's answer");
+        // A repeat of the cause: twice retry.account_halt (15m), from the probe.
+        let sent = sim.requests()[0].at.timestamp_millis();
+        let length = halt.probe_at_ms - sent;
+        assert!(
+            (30 * 60_000 - 1_000..30 * 60_000 + 2_000).contains(&length),
+            "halted again for twice 15 minutes: {length} ms"
+        );
         for j in jobs(&db).await {
             assert_eq!(j.status, "queued", "{j:?}");
             assert_eq!(j.attempts, 0, "a 402 placed no call: {j:?}");
@@ -238,6 +245,14 @@ both_backends! {
         assert!(
             row.auto_paused_until_ms.is_some_and(|t| t > clock.now().timestamp_millis()),
             "paused again for retry.no_active_number: {row:?}"
+        );
+        // The probe's failure repeats the pause: counted (in the database, shared by
+        // every worker) and twice retry.no_active_number (5m), from the probe.
+        assert_eq!(row.auto_pause_count, 2, "{row:?}");
+        let length = row.auto_paused_until_ms.unwrap() - sim.requests()[0].at.timestamp_millis();
+        assert!(
+            (10 * 60_000 - 1_000..10 * 60_000 + 2_000).contains(&length),
+            "paused again for twice 5 minutes: {length} ms"
         );
         for j in jobs(&db).await {
             assert_eq!(j.status, "queued", "{j:?}");
@@ -629,5 +644,80 @@ both_backends! {
         assert_eq!(reason, "unauthorized");
         let length = (probe_at - probe_sent).num_milliseconds();
         assert!((1_900..3_000).contains(&length), "halted for {length} ms, not twice 1 s");
+    }
+}
+
+both_backends! {
+    /// "Repeated pauses for the same cause double" (SPEC section 8) counts halts, not
+    /// the dials that were in flight when one began: an outage answers every dial in
+    /// flight with a 5xx, the breaker trips, and each of those answers decides the
+    /// same account halt. They are one halt, of the base length, counted once; a
+    /// dial answered while the account is already halted for that cause neither
+    /// doubles it nor moves its probe.
+    async fn the_dials_in_flight_when_an_outage_halts_the_account_are_one_halt(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones: Vec<String> = (0..30).map(|i| format!("+1212234{:04}", 8100 + i)).collect();
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+12122348", &["empty500"])], &listener, &clock).await;
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(30)),
+            ("worker.max_in_flight", toml::Value::Integer(30)),
+            ("retry.provider_max", toml::Value::Integer(0)),
+            ("retry.account_halt", toml::Value::String("20s".into())),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("every dial is answered and decided", || async {
+            sim.requests().len() == phones.len()
+                && jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        worker.stop().await;
+        let halt = store.account_halt(ACCOUNT).await.unwrap().expect("the outage halts the account");
+        assert_eq!(halt.reason, "provider_outage");
+        assert_eq!(halt.halt_count, 1, "one halt, not one per dial in flight: {halt:?}");
+        let length = halt.probe_at_ms - halt.halted_at_ms;
+        assert!(
+            (20_000..22_000).contains(&length),
+            "the probe is due after the base 20 s, not doubled by each dial in flight: {length} ms"
+        );
+    }
+}
+
+both_backends! {
+    /// The same for a campaign's pause: every dial in flight answered
+    /// `no_active_number` is one pause of the base length (`retry.no_active_number`),
+    /// counted once, not a doubling per answer up to the hour's cap.
+    async fn the_dials_in_flight_when_a_campaign_pauses_are_one_pause(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let phones: Vec<String> = (0..30).map(|i| format!("+1212234{:04}", 8200 + i)).collect();
+        contacts(store, alpha, phones.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+12122348", &["no_active_number"])], &listener, &clock).await;
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(30)),
+            ("worker.max_in_flight", toml::Value::Integer(30)),
+            ("retry.no_active_number", toml::Value::String("20s".into())),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("every dial is answered and decided", || async {
+            sim.requests().len() == phones.len()
+                && jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        worker.stop().await;
+        let first = sim.requests().iter().map(|r| r.at.timestamp_millis()).min().unwrap();
+        let row = campaign_row(store, alpha).await;
+        assert_eq!(row.auto_pause_reason.as_deref(), Some("no_active_number"));
+        assert_eq!(row.auto_pause_count, 1, "one pause, not one per dial in flight: {row:?}");
+        let length = row.auto_paused_until_ms.expect("a timed pause") - first;
+        assert!(
+            (19_000..22_000).contains(&length),
+            "paused for the base 20 s, not doubled by each dial in flight: {length} ms"
+        );
     }
 }
