@@ -594,8 +594,22 @@ both_backends! {
         let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
         wait_for("the 401 halts the worker", || async { worker.app.worker_halt().is_some() }).await;
         let (_, first_probe_at) = worker.app.worker_halt().unwrap();
-        // The probe comes due and finds no due job (the first contact was
-        // requeued with jitter).
+        // The first contact was requeued with up to a minute's jitter: moved out of
+        // reach, so that the probe (due a second after the 401) surely finds no job.
+        wait_for("the 401's job is requeued", || async {
+            jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        db.execute(&format!(
+            "UPDATE jobs SET due_at_ms = {}",
+            (fixed_now() + chrono::Duration::days(1)).timestamp_millis()
+        ))
+        .await;
+        assert!(
+            worker.app.worker_halt().is_some_and(|(_, at)| at == first_probe_at),
+            "the probe ran before the job was moved: the test proves nothing"
+        );
+        // The probe comes due and finds no due job.
         wait_for("the probe found no job and gave its turn back for 5 s", || async {
             worker.app.worker_halt().is_some_and(|(_, at)| {
                 at != first_probe_at && at <= clock.now() + chrono::Duration::seconds(5)
