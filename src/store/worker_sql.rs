@@ -701,12 +701,14 @@ macro_rules! worker_sql {
         }
 
         /// The pause's probe dial failed: the pause is set again, and a repeat of
-        /// the same cause counts up (its length doubles; SPEC section 8).
+        /// the same cause counts up (its length doubles; SPEC section 8). A timed
+        /// pause never replaces one that waits for `campaign resume`.
         pub(crate) async fn repause_campaign(pool: &$Pool, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64) -> Result<()> {
             sqlx::query(
                 "UPDATE campaigns SET auto_pause_count = CASE WHEN auto_pause_reason = $2 \
                  THEN auto_pause_count + 1 ELSE 1 END, auto_pause_reason = $2, auto_paused_until_ms = $3, \
-                 probe_job_id = NULL, updated_at_ms = $4 WHERE id = $1",
+                 probe_job_id = NULL, updated_at_ms = $4 WHERE id = $1 \
+                 AND NOT (auto_pause_reason IS NOT NULL AND auto_paused_until_ms IS NULL AND $3 IS NOT NULL)",
             )
             .bind(id)
             .bind(reason)
@@ -732,10 +734,12 @@ macro_rules! worker_sql {
             Ok(())
         }
 
+        /// A timed pause's probe succeeded. A pause that waits for `campaign resume`
+        /// (untimed: it may have begun while the probe was in flight) is not lifted.
         pub(crate) async fn lift_auto_pause(pool: &$Pool, id: i64, now_ms: i64) -> Result<()> {
             sqlx::query(
                 "UPDATE campaigns SET auto_pause_reason = NULL, auto_paused_until_ms = NULL, probe_job_id = NULL, \
-                 updated_at_ms = $2 WHERE id = $1",
+                 updated_at_ms = $2 WHERE id = $1 AND auto_paused_until_ms IS NOT NULL",
             )
             .bind(id)
             .bind(now_ms)

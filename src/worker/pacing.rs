@@ -294,14 +294,21 @@ impl<C: Clock + Clone> Pacer<C> {
     /// A `rate_limited` / `no_number_available`: no dial for `hold` (the clamped,
     /// jittered `Retry-After` or the account backoff, from `Decision::lower_rate`),
     /// and a lower rate afterwards.
+    ///
+    /// A 429 answered while the pacer already holds for one is the same event (the
+    /// dials that were in flight when the vendor began refusing): it may lengthen
+    /// the hold, but the rate is lowered once per event, not once per dial in
+    /// flight (SPEC section 7: "lower its rate, recovering gradually").
     pub fn backoff(&self, hold: Duration) {
         let mut inner = self.lock();
-        let until = self.clock.now() + Nanos::from(hold);
+        let now = self.clock.now();
+        let until = now + Nanos::from(hold);
+        let holding = inner.paused_until.is_some_and(|p| p > now);
         inner.paused_until = Some(match inner.paused_until {
             Some(p) if p > until => p,
             _ => until,
         });
-        if inner.rate.on_backoff() {
+        if !holding && inner.rate.on_backoff() {
             self.rebuild_account(&mut inner);
         }
     }
@@ -581,6 +588,23 @@ mod tests {
         assert_eq!(pacer.effective_rate(), 4.0);
         let n = allowed_in(&pacer, &clock, 10, None);
         assert!((40..=45).contains(&n), "{n} dials in 10s at 4/s");
+    }
+
+    #[test]
+    fn the_429s_of_the_dials_in_flight_lower_the_rate_once_and_a_later_one_again() {
+        let clock = FakeRelativeClock::default();
+        let pacer = Pacer::with_clock(config(8.0, 8), clock.clone()).unwrap();
+        for _ in 0..20 {
+            pacer.backoff(Duration::from_secs(5));
+        }
+        assert_eq!(pacer.effective_rate(), 4.0, "one event, halved once");
+        clock.advance(Duration::from_secs(5));
+        pacer.backoff(Duration::from_secs(5));
+        assert_eq!(
+            pacer.effective_rate(),
+            2.0,
+            "a 429 after the hold is a new event"
+        );
     }
 
     #[test]

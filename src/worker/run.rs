@@ -147,22 +147,35 @@ impl App {
         }
     }
 
-    /// One due job of each auto-paused campaign whose probe is due, to probe with
-    /// (`worker`: the dial probes this worker's halt too). A campaign with no due
-    /// job gets its probe back in 5 s, so the next due job probes instead of waiting
-    /// out the hold.
+    /// One due job of each auto-paused campaign whose probe is due, to probe with,
+    /// at most `max` (the free in-flight slots: more would wait for slots that never
+    /// come) and, with `worker` (the dial probes this worker's halt too), one. A
+    /// campaign with no due job, or past those bounds, gets its probe back in 5 s,
+    /// so that it probes soon instead of waiting out the hold.
     async fn campaign_probe_jobs(
         &self,
         now_ms: i64,
         lease_ms: i64,
         worker: bool,
+        max: usize,
     ) -> anyhow::Result<Vec<(ClaimedJob, Option<Probe>)>> {
+        let max = if worker { max.min(1) } else { max };
         let mut out = Vec::new();
         for cid in self
             .store
             .take_campaign_probes(now_ms, PROBE_HOLD_MS)
             .await?
         {
+            if out.len() >= max {
+                // One dial probes this worker's halt (one failed probe is one
+                // repeat, not one per campaign), and no more probes than free
+                // slots: the other campaigns' probes are due again in 5 s.
+                let _ = self
+                    .store
+                    .defer_campaign_probe(cid, now_ms + PROBE_GIVE_BACK_MS, now_ms)
+                    .await;
+                continue;
+            }
             tracing::info!(
                 campaign_id = cid,
                 worker,
@@ -225,14 +238,32 @@ impl App {
                 break;
             }
             while batches.try_join_next().is_some() {}
+            if (sem.available_permits() as u32) < min_room {
+                // In flight at the cap: wait until a useful batch's worth is free,
+                // before any probe is taken or job claimed (a probe taken and then
+                // set aside would hold its pause or halt for PROBE_HOLD_MS, and its
+                // job would stay leased to no task until the lease ran out).
+                tokio::select! {
+                    p = sem.clone().acquire_many_owned(min_room) => drop(p),
+                    _ = self.cancel.cancelled() => {},
+                }
+                continue;
+            }
             let now = self.now();
             let now_ms = now.timestamp_millis();
             let mut probe = None;
             let mut limit = s.batch_size;
             let worker_halt = self.worker_halt();
             let halt = db!(self.store.account_halt(ACCOUNT).await);
-            self.account_halted
-                .store(halt.is_some(), std::sync::atomic::Ordering::Relaxed);
+            let was_halted = self
+                .account_halted
+                .swap(halt.is_some(), std::sync::atomic::Ordering::Relaxed);
+            if was_halted && halt.is_none() {
+                // The account's halt ended, whichever worker's probe succeeded: this
+                // worker's breaker still holds the failures from before it, and must
+                // not trip (a new account-wide halt) at the first failure after it.
+                self.breaker_lock().reset();
+            }
             if let Some(h) = &halt {
                 metrics::gauge!(m::DIALING_HALTED, "reason" => h.reason.clone()).set(1.0);
             }
@@ -278,17 +309,13 @@ impl App {
             }
             let mut claimed: Vec<(ClaimedJob, Option<Probe>)> = Vec::new();
             if probe.is_none() {
-                claimed = db!(self.campaign_probe_jobs(now_ms, lease_ms, false).await);
+                let free = sem.available_permits();
+                claimed = db!(self
+                    .campaign_probe_jobs(now_ms, lease_ms, false, free)
+                    .await);
             }
+            // Only this loop takes permits: at least `min_room` are still free.
             let permits = sem.available_permits() as u32;
-            if permits < min_room {
-                // In flight at the cap: wait until a useful batch's worth is free.
-                tokio::select! {
-                    p = sem.clone().acquire_many_owned(min_room) => drop(p),
-                    _ = self.cancel.cancelled() => {},
-                }
-                continue;
-            }
             let room = permits.saturating_sub(claimed.len() as u32).min(limit);
             if room > 0 {
                 for j in db!(self
@@ -304,7 +331,8 @@ impl App {
                 // their probe dials probe this worker's halt too. Otherwise a halted
                 // worker whose campaigns are all auto-paused would wait on them for
                 // good, and they on it (their probes are skipped while it is halted).
-                claimed = db!(self.campaign_probe_jobs(now_ms, lease_ms, true).await);
+                let free = sem.available_permits();
+                claimed = db!(self.campaign_probe_jobs(now_ms, lease_ms, true, free).await);
                 if claimed.is_empty() {
                     // No due job at all: the next due job probes, within 5 s, not
                     // after the probe's one-minute hold.

@@ -735,3 +735,89 @@ both_backends! {
         );
     }
 }
+
+both_backends! {
+    /// A halted worker whose due jobs are all in auto-paused campaigns probes through
+    /// one of their probes, not all of them at once: one failed probe is one repeat
+    /// of the worker's halt (twice `retry.account_halt`), not one per campaign (four
+    /// times with two campaigns).
+    async fn a_halted_worker_probes_through_one_auto_paused_campaign_at_a_time(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let beta = campaign(store, &campaign_toml("beta")).await;
+        let a: Vec<String> = (0..3).map(|i| format!("+121223483{i:02}")).collect();
+        let b: Vec<String> = (0..3).map(|i| format!("+121223484{i:02}")).collect();
+        contacts(store, alpha, a.iter().map(|p| contact(p)).collect()).await;
+        contacts(store, beta, b.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["unauthorized"])], &listener, &clock).await;
+        // Two slots: the first two contacts' 401s halt the worker (one halt), and
+        // both campaigns keep a due job for a probe.
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(2)),
+            ("worker.max_in_flight", toml::Value::Integer(2)),
+            ("retry.account_halt", toml::Value::String("2s".into())),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("the 401s halt the worker", || async {
+            worker.app.worker_halt().is_some() && jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        assert_eq!(sim.requests().len(), 2, "{:?}", sim.requests());
+        // Both campaigns auto-paused, their probes due now: every due job is in a
+        // paused campaign.
+        let now = clock.now().timestamp_millis();
+        store.pause_campaign(alpha, "no_active_number", Some(now), now).await.unwrap();
+        store.pause_campaign(beta, "no_active_number", Some(now), now).await.unwrap();
+        wait_for("the probe's 401 halts the worker again", || async {
+            let reqs = sim.requests();
+            reqs.len() >= 3
+                && worker.app.worker_halt().is_some_and(|(_, at)| {
+                    at > reqs[2].at && at < reqs[2].at + chrono::Duration::seconds(30)
+                })
+                && jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        let (_, probe_at) = worker.app.worker_halt().unwrap();
+        worker.stop().await;
+        let reqs = sim.requests();
+        assert_eq!(reqs.len(), 3, "one probe dial for the worker's halt: {reqs:?}");
+        let length = (probe_at - reqs[2].at).num_milliseconds();
+        assert!((3_900..5_000).contains(&length), "halted for {length} ms: twice 2 s, not four or eight times");
+    }
+}
+
+both_backends! {
+    /// More campaigns with a due probe than free in-flight slots: the probes past
+    /// the free slots wait (5 s) instead of all being claimed at once. All claimed,
+    /// the claim waited for more slots than `worker.max_in_flight` has, for good.
+    async fn more_due_campaign_probes_than_in_flight_slots_all_probe_in_turn(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let mut ids = Vec::new();
+        for (i, name) in ["alpha", "beta", "gamma"].into_iter().enumerate() {
+            let id = campaign(store, &campaign_toml(name)).await;
+            contacts(store, id, vec![contact(&format!("+121223485{i:02}"))]).await;
+            let now = clock.now().timestamp_millis();
+            store.pause_campaign(id, "no_active_number", Some(now), now).await.unwrap();
+            ids.push(id);
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["accept"])], &listener, &clock).await;
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(2)),
+            ("worker.max_in_flight", toml::Value::Integer(2)),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("each campaign's probe is dialed and lifts its pause", || async {
+            let mut lifted = true;
+            for id in &ids {
+                lifted &= campaign_row(store, *id).await.auto_pause_reason.is_none();
+            }
+            lifted && dialed(&sim).len() == 3
+        })
+        .await;
+        worker.stop().await;
+    }
+}

@@ -95,6 +95,68 @@ both_backends! {
 }
 
 both_backends! {
+    /// Automatic pauses (SPEC section 8): one begins only if none is in force; a
+    /// failed probe repeats it (counted); a pause that waits for `campaign resume`
+    /// is neither replaced by a timed one nor lifted by a timed pause's probe.
+    async fn automatic_pauses_begin_once_repeat_on_a_failed_probe_and_untimed_ones_wait_for_resume(db) {
+        let id = campaign(&db.store).await;
+        let row = || async { db.store.campaign_by_id(id).await.unwrap().unwrap() };
+        let s = &db.store;
+        s.pause_campaign(id, "no_active_number", Some(NOW + 300_000), NOW).await.unwrap();
+        // A dial that was in flight, answered the same way: the same pause.
+        s.pause_campaign(id, "no_active_number", Some(NOW + 900_000), NOW + 5).await.unwrap();
+        let r = row().await;
+        assert_eq!((r.auto_pause_count, r.auto_paused_until_ms), (1, Some(NOW + 300_000)), "{r:?}");
+        // Its probe failed the same way: a repeat.
+        s.repause_campaign(id, "no_active_number", Some(NOW + 900_000), NOW + 300_000).await.unwrap();
+        let r = row().await;
+        assert_eq!((r.auto_pause_count, r.auto_paused_until_ms), (2, Some(NOW + 900_000)), "{r:?}");
+        // A probe that found no job gives its turn back; nothing else changes.
+        s.defer_campaign_probe(id, NOW + 905_000, NOW + 900_000).await.unwrap();
+        let r = row().await;
+        assert_eq!((r.auto_pause_count, r.auto_paused_until_ms), (2, Some(NOW + 905_000)), "{r:?}");
+        // An untimed pause replaces the timed one...
+        s.pause_campaign(id, "caller_id_not_verified", None, NOW + 905_001).await.unwrap();
+        let r = row().await;
+        assert_eq!((r.auto_pause_reason.as_deref(), r.auto_paused_until_ms), (Some("caller_id_not_verified"), None));
+        // ... and the timed pause's probe, still in flight, neither replaces it
+        // (failed) nor lifts it (succeeded).
+        s.repause_campaign(id, "no_active_number", Some(NOW + 2_000_000), NOW + 905_002).await.unwrap();
+        s.lift_auto_pause(id, NOW + 905_003).await.unwrap();
+        let r = row().await;
+        assert_eq!((r.auto_pause_reason.as_deref(), r.auto_paused_until_ms), (Some("caller_id_not_verified"), None));
+        // The operator's resume ends it; the next pause begins from count 1.
+        assert!(s.set_operator_pause(&r.name, false, NOW + 905_004).await.unwrap());
+        s.pause_campaign(id, "no_active_number", Some(NOW + 1_300_000), NOW + 1_000_000).await.unwrap();
+        assert_eq!(row().await.auto_pause_count, 1);
+    }
+}
+
+both_backends! {
+    /// Account halts likewise: begun once, repeated by a failed probe, deferred
+    /// without counting, gone (count and all) when lifted.
+    async fn account_halts_begin_once_and_repeat_on_a_failed_probe(db) {
+        let s = &db.store;
+        let a = "default";
+        s.halt_account(a, "provider_outage", NOW + 900_000, NOW).await.unwrap();
+        s.halt_account(a, "provider_outage", NOW + 1_800_000, NOW + 5).await.unwrap();
+        s.halt_account(a, "voice_usage_exhausted", NOW + 1_800_000, NOW + 6).await.unwrap();
+        let h = s.account_halt(a).await.unwrap().unwrap();
+        assert_eq!((h.reason.as_str(), h.halt_count, h.probe_at_ms), ("provider_outage", 1, NOW + 900_000));
+        s.rehalt_account(a, "provider_outage", NOW + 2_700_000, NOW + 900_000).await.unwrap();
+        s.defer_account_probe(a, NOW + 2_700_500).await.unwrap();
+        let h = s.account_halt(a).await.unwrap().unwrap();
+        assert_eq!((h.halt_count, h.probe_at_ms), (2, NOW + 2_700_500));
+        // A probe failing for another cause starts that cause's count.
+        s.rehalt_account(a, "voice_usage_exhausted", NOW + 3_600_000, NOW + 2_700_500).await.unwrap();
+        let h = s.account_halt(a).await.unwrap().unwrap();
+        assert_eq!((h.reason.as_str(), h.halt_count), ("voice_usage_exhausted", 1));
+        s.lift_account_halt(a).await.unwrap();
+        assert!(s.account_halt(a).await.unwrap().is_none());
+    }
+}
+
+both_backends! {
     async fn dnc_numbers_and_whole_area_codes_are_facts(db) {
         let (_d, path) = write_file("dnc.txt", b"# national registry\n\n2122345678\n201,2345678\n646XXXXXXX\nbogus\n");
         let r = import::import_dnc(&db.store, &path, "national", NOW, Box::new(NoProgress)).await.unwrap();
