@@ -899,15 +899,22 @@ async fn dispatch_set(pool: &PgPool, d: &Dispatch) -> Result<DispatchResult> {
         // row (auto_explain, 5,000 jobs: 1,000 x 200 comparisons, 65-242 ms a batch;
         // docs/benchmarks.md, session 14). Joined on the key alone, each row is one
         // primary-key probe.
+        // A new attempt starts with no provider retries used; a re-sent one keeps
+        // its count (as on SQLite, and as the dial task counts on).
         let updated = sqlx::query(
-            "UPDATE jobs j SET status = 'dialing', current_attempt_id = u.attempt_id, provider_retries = 0, \
-             updated_at_ms = u.now_ms \
-             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(job_id, attempt_id, now_ms) \
+            "UPDATE jobs j SET status = 'dialing', current_attempt_id = u.attempt_id, \
+             provider_retries = CASE WHEN u.new THEN 0 ELSE j.provider_retries END, updated_at_ms = u.now_ms \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[]) AS u(job_id, attempt_id, now_ms, new) \
              WHERE j.id = u.job_id",
         )
         .bind(sent.iter().map(|(i, _)| d.sends[*i].job_id).collect::<Vec<i64>>())
         .bind(sent.iter().map(|(_, a)| a.id).collect::<Vec<i64>>())
         .bind(sent.iter().map(|(i, _)| d.sends[*i].now_ms).collect::<Vec<i64>>())
+        .bind(
+            sent.iter()
+                .map(|(i, _)| matches!(d.sends[*i].send, SendKind::New { .. }))
+                .collect::<Vec<bool>>(),
+        )
         .execute(&mut *tx)
         .await?
         .rows_affected();

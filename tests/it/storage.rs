@@ -422,7 +422,9 @@ both_backends! {
         assert_eq!(db.store.claim("w9", 10, NOW + day + 6, 60_000, None).await.unwrap().len(), 0, "due before the jitter");
         assert_eq!(db.store.claim("w9", 10, NOW + day + 7, 60_000, None).await.unwrap().len(), 1);
 
-        // A resend keeps the key and counts one more send.
+        // A resend keeps the key and counts one more send, and keeps the provider
+        // retries its attempt has used (only a new attempt starts at 0).
+        db.execute(&format!("UPDATE jobs SET provider_retries = 3 WHERE id = {}", j2.id)).await;
         let re = db.store.dispatch(&Dispatch {
             owner: "w1".into(), audits: vec![], writes: vec![],
             sends: vec![SendRequest { job_id: j2.id, campaign_id: a, phone: j2.phone.clone(),
@@ -432,6 +434,7 @@ both_backends! {
             Dispatched::Sent(x) => assert_eq!((x.idempotency_key.as_str(), x.sends), ("k2", 2)),
             other => panic!("expected a resend, got {other:?}"),
         }
+        assert_eq!(db.store.job(j2.id).await.unwrap().unwrap().provider_retries, 3);
         // The per-job mark (a retry) follows the same lease rule.
         assert!(!db.store.mark_sending(j2.id, sent[2].id, "w2", NOW).await.unwrap());
         assert!(db.store.mark_sending(j2.id, sent[2].id, "w1", NOW).await.unwrap());
