@@ -821,3 +821,44 @@ both_backends! {
         worker.stop().await;
     }
 }
+
+both_backends! {
+    /// An account halt ended by another worker's probe (here: lifted in the
+    /// database, as that worker's success does) clears this worker's circuit
+    /// breaker too: the outage's failures in its window must not trip a new
+    /// account-wide halt at its first failure after the lift.
+    async fn a_halt_lifted_elsewhere_clears_this_workers_breaker(db) {
+        let store = &db.store;
+        let clock = Clock::starting_at(fixed_now());
+        let alpha = campaign(store, &campaign_toml("alpha")).await;
+        let outage: Vec<String> = (0..20).map(|i| format!("+121223486{i:02}")).collect();
+        contacts(store, alpha, outage.iter().map(|p| contact(p)).collect()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = simulator(vec![prefix_rule("+1212234", &["empty500"])], &listener, &clock).await;
+        let extra = [
+            ("worker.batch_size", toml::Value::Integer(20)),
+            ("worker.max_in_flight", toml::Value::Integer(20)),
+            ("retry.provider_max", toml::Value::Integer(0)),
+            ("retry.account_halt", toml::Value::String("1h".into())),
+        ];
+        let worker = start(store, settings(&db.url, &sim, &extra), listener, &clock).await;
+        wait_for("the outage halts the account", || async {
+            sim.requests().len() == outage.len()
+                && store.account_halt(ACCOUNT).await.unwrap().is_some()
+                && jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        // Another worker's probe succeeded.
+        store.lift_account_halt(ACCOUNT).await.unwrap();
+        // One more contact, whose dial fails once: a provider requeue, not a halt.
+        contacts(store, alpha, vec![contact("+12122348700")]).await;
+        wait_for("the new contact's failure is decided", || async {
+            sim.requests().len() == outage.len() + 1
+                && jobs(&db).await.iter().all(|j| j.status == "queued")
+        })
+        .await;
+        worker.stop().await;
+        let halt = store.account_halt(ACCOUNT).await.unwrap();
+        assert!(halt.is_none(), "one failure after the lift halted the account again: {halt:?}");
+    }
+}
