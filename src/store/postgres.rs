@@ -484,15 +484,19 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
 /// Locks job rows in id order (`FOR NO KEY UPDATE`), the one order every batch and
 /// the heartbeat take them in (no deadlock cycle); returns `(id, lease_owner,
 /// status)` of each.
+/// Locks the jobs' rows in id order; per job, its lease owner, its status and whether
+/// its lease is still live on the database clock (the clock leases are set on).
 async fn lock_jobs(
     tx: &mut sqlx::PgConnection,
     ids: &[i64],
-) -> Result<Vec<(i64, Option<String>, String)>> {
+) -> Result<Vec<(i64, Option<String>, String, bool)>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     Ok(sqlx::query_as(
-        "SELECT id, lease_owner, status FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        "SELECT id, lease_owner, status, \
+         COALESCE(lease_expires_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint, FALSE) \
+         FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(ids)
     .fetch_all(&mut *tx)
@@ -706,11 +710,16 @@ async fn dispatch_set(pool: &PgPool, d: &Dispatch) -> Result<DispatchResult> {
     let held: HashSet<i64> = lock_jobs(&mut tx, &ids)
         .await?
         .into_iter()
-        .filter(|(_, owner, status)| {
+        // A worker whose lease ran out (its heartbeats failed: a database outage)
+        // sends nothing more: another worker's recovery may take the job any moment,
+        // reading it as it was (SPEC section 7: no lease expiry may cause a second
+        // call).
+        .filter(|(_, owner, status, live)| {
             owner.as_deref() == Some(d.owner.as_str())
                 && (status == "running" || status == "dialing")
+                && *live
         })
-        .map(|(id, _, _)| id)
+        .map(|(id, _, _, _)| id)
         .collect();
     insert_audit_set(&mut tx, &d.audits).await?;
 

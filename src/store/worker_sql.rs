@@ -185,20 +185,27 @@ macro_rules! worker_sql {
             .fetch_all(&mut *tx)
             .await?;
             let mut recovered = 0;
-            for (job_id, attempt) in expired {
-                let n = sqlx::query(
+            for (job_id, _) in expired {
+                // The attempt is the one the job has when the update takes its row
+                // (RETURNING), not the one the SELECT above saw: on PostgreSQL the
+                // owner's dispatch may have committed a new attempt, sent, in between
+                // (the update waits for its row lock, then re-checks the condition),
+                // and that attempt is as ambiguous as any (SPEC section 7).
+                let row: Option<(Option<i64>,)> = sqlx::query_as(
                     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL, updated_at_ms = $2 \
-                     WHERE id = $1 AND status IN ('running', 'dialing') AND lease_expires_ms < $3",
+                     WHERE id = $1 AND status IN ('running', 'dialing') AND lease_expires_ms < $3 \
+                     RETURNING current_attempt_id",
                 )
                 .bind(job_id)
                 .bind(now_ms)
                 .bind(db_now_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                recovered += n;
-                if let (1, Some(a)) = (n, attempt) {
-                    possibly_placed(&mut tx, a, job_id).await?;
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((attempt,)) = row {
+                    recovered += 1;
+                    if let Some(a) = attempt {
+                        possibly_placed(&mut tx, a, job_id).await?;
+                    }
                 }
             }
             tx.commit().await?;
@@ -223,12 +230,18 @@ macro_rules! worker_sql {
 
         pub(crate) async fn release(pool: &$Pool, job_id: i64, owner: &str, now_ms: i64) -> Result<()> {
             let mut tx = super::begin_tx(pool).await?;
-            let row: Option<(String, Option<i64>)> =
-                sqlx::query_as("SELECT status, current_attempt_id FROM jobs WHERE id = $1 AND lease_owner = $2")
-                    .bind(job_id)
-                    .bind(owner)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            // A locking read (a no-op update, the same on both backends): the job's
+            // status and attempt as they are, not as they were before a concurrent
+            // dispatch committed. It also takes the job's row before the attempt's,
+            // in the order the decision batches take them.
+            let row: Option<(String, Option<i64>)> = sqlx::query_as(
+                "UPDATE jobs SET updated_at_ms = updated_at_ms WHERE id = $1 AND lease_owner = $2 \
+                 RETURNING status, current_attempt_id",
+            )
+            .bind(job_id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some((status, attempt)) = row {
                 if let (true, Some(a)) = (status == "dialing", attempt) {
                     // The request was sent and no answer was taken: ambiguous.
@@ -667,10 +680,18 @@ macro_rules! worker_sql {
             Ok(out)
         }
 
+        /// `campaign requeue`: dropped jobs back to the queue. A job whose last
+        /// attempt is possibly placed (a `provider_failed` or `idempotency_conflict`
+        /// drop) gets that attempt back as its current one: the next claim re-sends
+        /// it under its key, or settles it once the key is past `revdesk.key_ttl`,
+        /// never a new key sooner (SPEC section 7).
         pub(crate) async fn requeue_dropped(pool: &$Pool, campaign_id: i64, reason: &str, now_ms: i64) -> Result<u64> {
             Ok(sqlx::query(
                 "UPDATE jobs SET status = 'queued', due_at_ms = $3, reason = NULL, reason_source = NULL, \
-                 provider_retries = 0, provider_requeues = 0, vendor_refusals = 0, current_attempt_id = NULL, \
+                 provider_retries = 0, provider_requeues = 0, vendor_refusals = 0, \
+                 current_attempt_id = (SELECT a.id FROM attempts a WHERE a.job_id = jobs.id \
+                   AND a.placement = 'possibly_placed' \
+                   AND a.id = (SELECT MAX(x.id) FROM attempts x WHERE x.job_id = jobs.id)), \
                  updated_at_ms = $3 WHERE campaign_id = $1 AND status = 'dropped' AND reason = $2",
             )
             .bind(campaign_id)

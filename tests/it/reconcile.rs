@@ -165,8 +165,8 @@ both_backends! {
         let now = fixed_now().timestamp_millis();
         let id = campaign(store, CAMPAIGN).await;
         contacts(store, id, vec![contact("+12122345631")]).await;
-        // A worker that is gone: its lease (1 ms) has run out.
-        let job = store.claim("w-gone", 10, now, 1, None).await.unwrap().remove(0);
+        // A worker that is gone after it sent: its lease runs out below.
+        let job = store.claim("w-gone", 10, now, 60_000, None).await.unwrap().remove(0);
         let sent = store
             .dispatch(&Dispatch {
                 owner: "w-gone".into(),
@@ -185,6 +185,7 @@ both_backends! {
         let Dispatched::Sent(attempt) = &sent.sends[0] else {
             panic!("expected a send: {sent:?}");
         };
+        db.execute(&format!("UPDATE jobs SET lease_expires_ms = 0 WHERE id = {}", job.id)).await;
         // Its 202 is recorded on the attempt; the job part fails the lease guard.
         let took = store
             .update_jobs(&[JobWrite {

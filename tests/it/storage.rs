@@ -133,6 +133,50 @@ both_backends! {
 }
 
 both_backends! {
+    /// `dialer campaign requeue` undoes a drop that may not be the contact's; a
+    /// dropped job whose last attempt is possibly placed (`provider_failed`,
+    /// `idempotency_conflict`) gets that attempt back, to be re-sent under its key
+    /// (SPEC section 7: "never re-sent under a new key sooner" than key_ttl). A job
+    /// whose last attempt was not placed starts a new one.
+    async fn campaign_requeue_keeps_a_possibly_placed_attempts_key(db) {
+        use dialer::store::{Dispatch, Dispatched, SendKind, SendRequest};
+        let a = campaign(&db.store).await;
+        let (_d, path) = write_file("a.csv", b"phone\n2122345601\n2122345602\n");
+        import::import_contacts(&db.store, a, NOW, &path, Box::new(NoProgress)).await.unwrap();
+        let mut jobs = Vec::new();
+        loop {
+            let got = db.store.claim("w1", 10, NOW, 60_000, None).await.unwrap();
+            if got.is_empty() {
+                break;
+            }
+            jobs.extend(got);
+        }
+        jobs.sort_by_key(|j| j.id);
+        let sends = jobs.iter().enumerate().map(|(i, j)| SendRequest {
+            job_id: j.id, campaign_id: a, phone: j.phone.clone(),
+            send: SendKind::New { key: format!("k{i}"), body: "{}".into(), caps: vec![], requeue_jitter_ms: 0 },
+            now_ms: NOW,
+        }).collect();
+        let r = db.store.dispatch(&Dispatch { owner: "w1".into(), audits: vec![], writes: vec![], sends }).await.unwrap();
+        let ids: Vec<i64> = r.sends.iter().map(|s| match s {
+            Dispatched::Sent(at) => at.id,
+            other => panic!("{other:?}"),
+        }).collect();
+        // The first: five 5xx, then dropped provider_failed (possibly placed); the
+        // second: a definitive 4xx (not placed), then the same drop reason.
+        db.execute(&format!("UPDATE attempts SET placement = 'possibly_placed' WHERE id = {}", ids[0])).await;
+        db.execute(&format!("UPDATE attempts SET placement = 'not_placed' WHERE id = {}", ids[1])).await;
+        db.execute("UPDATE jobs SET status = 'dropped', reason = 'provider_failed', current_attempt_id = NULL, \
+                    lease_owner = NULL, lease_expires_ms = NULL").await;
+        assert_eq!(db.store.requeue_dropped(a, "provider_failed", NOW + 1).await.unwrap(), 2);
+        let first = db.store.job(jobs[0].id).await.unwrap().unwrap();
+        assert_eq!(first.current_attempt.map(|c| (c.id, c.idempotency_key)), Some((ids[0], "k0".to_owned())));
+        let second = db.store.job(jobs[1].id).await.unwrap().unwrap();
+        assert!(second.current_attempt.is_none(), "{second:?}");
+    }
+}
+
+both_backends! {
     /// Account halts likewise: begun once, repeated by a failed probe, deferred
     /// without counting, gone (count and all) when lifted.
     async fn account_halts_begin_once_and_repeat_on_a_failed_probe(db) {
@@ -706,4 +750,123 @@ both_backends! {
         }).await.unwrap();
         assert_eq!(r.sends[0], Dispatched::CapReached { retry_at_ms: NOW + 7 * hour + day });
     }
+}
+
+/// PostgreSQL, SPEC section 7 ("a timeout or a crash cannot cause a second call"):
+/// a worker whose lease has run out (its heartbeats failed through a database
+/// outage) dispatches nothing, and lease recovery marks the attempt the job has
+/// when the recovery takes its row: here a dispatch that committed a sent attempt
+/// while the recovery waited for the row's lock. Read before the lock (the
+/// recovery's first statement), that attempt stayed `reserved`, uncounted, and a
+/// definitive answer to its re-send let the next claim make a new key while it
+/// may have placed a call.
+#[tokio::test]
+async fn postgres_recovery_marks_the_attempt_a_concurrent_dispatch_committed_and_expired_leases_send_nothing()
+ {
+    use dialer::store::{Dispatch, Dispatched, SendKind, SendRequest};
+    let db = crate::support::TestDb::postgres().await;
+    let a = campaign(&db.store).await;
+    let (_d, path) = write_file("a.csv", b"phone\n2122345601\n2122345602\n");
+    import::import_contacts(&db.store, a, NOW, &path, Box::new(NoProgress))
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    loop {
+        let got = db.store.claim("w1", 10, NOW, 60_000, None).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        jobs.extend(got);
+    }
+    jobs.sort_by_key(|j| j.id);
+    assert_eq!(jobs.len(), 2);
+    // Both leases ran out.
+    db.execute("UPDATE jobs SET lease_expires_ms = 0").await;
+
+    let sent = db
+        .store
+        .dispatch(&Dispatch {
+            owner: "w1".into(),
+            audits: vec![],
+            writes: vec![],
+            sends: vec![SendRequest {
+                job_id: jobs[0].id,
+                campaign_id: a,
+                phone: jobs[0].phone.clone(),
+                send: SendKind::New {
+                    key: "k0".into(),
+                    body: "{}".into(),
+                    caps: vec![],
+                    requeue_jitter_ms: 0,
+                },
+                now_ms: NOW,
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.sends,
+        vec![Dispatched::LeaseLost],
+        "an expired lease sends nothing"
+    );
+
+    // The second job's dispatch (as before this fix) commits while the recovery
+    // waits for its row.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let mut dispatch = pool.begin().await.unwrap();
+    let attempt: i64 = sqlx::query_scalar(
+        "INSERT INTO attempts (job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, \
+         placement, sends, created_at_ms, first_sent_at_ms, last_sent_at_ms) \
+         VALUES ($1, $2, $3, 1, 'k1', '{}', 'reserved', 1, $4, $4, $4) RETURNING id",
+    )
+    .bind(jobs[1].id)
+    .bind(a)
+    .bind(&jobs[1].phone)
+    .bind(NOW)
+    .fetch_one(&mut *dispatch)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE jobs SET status = 'dialing', current_attempt_id = $2 WHERE id = $1")
+        .bind(jobs[1].id)
+        .bind(attempt)
+        .execute(&mut *dispatch)
+        .await
+        .unwrap();
+    let store = db.store.clone();
+    let recovery = tokio::spawn(async move { store.recover_expired_leases(NOW).await.unwrap() });
+    // Until the recovery waits for the second job's row lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE 'UPDATE jobs SET status = ''queued'', lease_owner = NULL%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recovery never waited for the row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    dispatch.commit().await.unwrap();
+    assert_eq!(recovery.await.unwrap(), 2, "both expired leases recovered");
+
+    let b = db.store.attempt(attempt).await.unwrap().unwrap();
+    assert_eq!(
+        b.placement,
+        dialer::store::Placement::PossiblyPlaced,
+        "{b:?}"
+    );
+    let job = db.store.job(jobs[1].id).await.unwrap().unwrap();
+    assert_eq!(job.attempts, 1, "counted once: {job:?}");
+    assert_eq!(
+        job.current_attempt.map(|c| c.id),
+        Some(attempt),
+        "kept, to be re-sent under its key"
+    );
 }
