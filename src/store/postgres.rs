@@ -1107,11 +1107,15 @@ super::impl_store!(PgStore, Backend::Postgres, {
             .await?;
         // Fresh jobs window by window, while each window yields some (an empty one
         // ends this claim; the next claim goes on from past it).
+        // The statements above committed their leases: a later error must not
+        // leave those jobs leased to a worker that never learns of them (they would
+        // wait out the lease and be recovered as a dead worker's). What was claimed
+        // is returned; if the jobs cannot be read, they are given back.
         for _ in 0..4 {
             if rows.len() as u32 >= limit {
                 break;
             }
-            let got = claim_fresh(
+            match claim_fresh(
                 &self.pool,
                 owner,
                 limit - rows.len() as u32,
@@ -1119,13 +1123,36 @@ super::impl_store!(PgStore, Backend::Postgres, {
                 lease_ms,
                 only_campaign,
             )
-            .await?;
-            if got.is_empty() {
-                break;
+            .await
+            {
+                Ok(got) if got.is_empty() => break,
+                Ok(got) => rows.extend(got),
+                Err(e) if rows.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming fresh jobs failed; going on with the jobs claimed");
+                    break;
+                }
             }
-            rows.extend(got);
         }
-        wsql::jobs_with_attempts(&self.pool, &rows).await
+        match wsql::jobs_with_attempts(&self.pool, &rows).await {
+            Ok(jobs) => Ok(jobs),
+            Err(e) => {
+                use sqlx::Row;
+                let ids: Vec<i64> = rows
+                    .iter()
+                    .filter_map(|r| r.try_get::<i64, _>("id").ok())
+                    .collect();
+                let _ = sqlx::query(
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL \
+                     WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running'",
+                )
+                .bind(&ids)
+                .bind(owner)
+                .execute(&self.pool)
+                .await;
+                Err(e)
+            }
+        }
     }
 
     async fn update_jobs(&self, writes: &[JobWrite]) -> Result<Vec<bool>> {

@@ -318,12 +318,27 @@ impl App {
             let permits = sem.available_permits() as u32;
             let room = permits.saturating_sub(claimed.len() as u32).min(limit);
             if room > 0 {
-                for j in db!(self
+                match self
                     .store
                     .claim(&self.worker_id, room, now_ms, lease_ms, None)
-                    .await)
+                    .await
                 {
-                    claimed.push((j, probe));
+                    Ok(jobs) => {
+                        db_failures = 0;
+                        claimed.extend(jobs.into_iter().map(|j| (j, probe)));
+                    }
+                    // The campaign probes claimed above are this worker's now: they
+                    // go on (set aside, they would wait out their leases).
+                    Err(e) if !claimed.is_empty() => {
+                        tracing::warn!(error = %e, "claim failed; dialing the probes already claimed");
+                    }
+                    Err(e) => {
+                        db_failures += 1;
+                        tracing::warn!(error = %e, failures = db_failures, "database unavailable; retrying");
+                        self.nap(Duration::from_millis(200 * u64::from(db_failures.min(25))))
+                            .await;
+                        continue;
+                    }
                 }
             }
             if claimed.is_empty() && probe == Some(Probe::Worker) {

@@ -870,3 +870,66 @@ async fn postgres_recovery_marks_the_attempt_a_concurrent_dispatch_committed_and
         "kept, to be re-sent under its key"
     );
 }
+
+/// PostgreSQL: a claim's first statement commits its leases; when a later step of
+/// the same claim fails (here: the attempts of the claimed jobs cannot be read), the
+/// jobs are given back instead of staying leased to a worker that never got them
+/// (they waited out the lease and were recovered as a dead worker's).
+#[tokio::test]
+async fn postgres_a_claim_that_fails_after_leasing_gives_its_jobs_back() {
+    let db = crate::support::TestDb::postgres().await;
+    let a = campaign(&db.store).await;
+    let (_d, path) = write_file("a.csv", b"phone\n2122345601\n");
+    import::import_contacts(&db.store, a, NOW, &path, Box::new(NoProgress))
+        .await
+        .unwrap();
+    // A job with a current attempt (a requeued, possibly placed one), out of the
+    // fast-import range so that the first claim statement takes it.
+    let job = db
+        .store
+        .claim("w0", 10, NOW, 60_000, None)
+        .await
+        .unwrap()
+        .remove(0);
+    db.execute(&format!(
+        "INSERT INTO attempts (job_id, campaign_id, phone, attempt_no, idempotency_key, request_body, \
+         placement, sends, created_at_ms) VALUES ({}, {a}, '{}', 1, 'k', '{{}}', 'possibly_placed', 1, {NOW})",
+        job.id, job.phone
+    ))
+    .await;
+    db.execute(&format!(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL, \
+         current_attempt_id = (SELECT id FROM attempts), due_at_ms = {NOW} WHERE id = {}",
+        job.id
+    ))
+    .await;
+    db.execute("ALTER TABLE attempts RENAME TO attempts_away")
+        .await;
+    let claimed = db.store.claim("w1", 10, NOW, 60_000, None).await;
+    db.execute("ALTER TABLE attempts_away RENAME TO attempts")
+        .await;
+    assert!(
+        claimed.is_err(),
+        "the attempts could not be read: {claimed:?}"
+    );
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT status, lease_owner FROM jobs WHERE id = $1")
+            .bind(job.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (row.0.as_str(), row.1.as_deref()),
+        ("queued", None),
+        "given back"
+    );
+    assert_eq!(
+        db.store
+            .claim("w1", 10, NOW, 60_000, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
