@@ -142,7 +142,7 @@ macro_rules! impl_store {
                 until_ms: Option<i64>,
                 now_ms: i64,
             ) -> Result<()> {
-                wsql::pause_campaign(&self.pool, id, reason, until_ms, now_ms).await
+                wsql::pause_campaign(&self.pool, id, reason, until_ms, now_ms, false).await
             }
 
             async fn repause_campaign(
@@ -152,7 +152,7 @@ macro_rules! impl_store {
                 until_ms: Option<i64>,
                 now_ms: i64,
             ) -> Result<()> {
-                wsql::repause_campaign(&self.pool, id, reason, until_ms, now_ms).await
+                wsql::pause_campaign(&self.pool, id, reason, until_ms, now_ms, true).await
             }
 
             async fn defer_campaign_probe(&self, id: i64, until_ms: i64, now_ms: i64) -> Result<()> {
@@ -178,7 +178,7 @@ macro_rules! impl_store {
                 probe_at_ms: i64,
                 now_ms: i64,
             ) -> Result<()> {
-                wsql::halt_account(&self.pool, account, reason, probe_at_ms, now_ms).await
+                wsql::halt_account(&self.pool, account, reason, probe_at_ms, now_ms, false).await
             }
 
             async fn rehalt_account(
@@ -188,7 +188,7 @@ macro_rules! impl_store {
                 probe_at_ms: i64,
                 now_ms: i64,
             ) -> Result<()> {
-                wsql::rehalt_account(&self.pool, account, reason, probe_at_ms, now_ms).await
+                wsql::halt_account(&self.pool, account, reason, probe_at_ms, now_ms, true).await
             }
 
             async fn defer_account_probe(&self, account: &str, probe_at_ms: i64) -> Result<()> {

@@ -483,9 +483,8 @@ async fn update_jobs_set(pool: &PgPool, writes: &[JobWrite]) -> Result<Vec<bool>
 
 /// Locks job rows in id order (`FOR NO KEY UPDATE`), the one order every batch and
 /// the heartbeat take them in (no deadlock cycle); returns `(id, lease_owner,
-/// status)` of each.
-/// Locks the jobs' rows in id order; per job, its lease owner, its status and whether
-/// its lease is still live on the database clock (the clock leases are set on).
+/// status, lease live)` of each, the lease's liveness on the database clock (the
+/// clock leases are set on).
 async fn lock_jobs(
     tx: &mut sqlx::PgConnection,
     ids: &[i64],

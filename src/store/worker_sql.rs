@@ -705,38 +705,25 @@ macro_rules! worker_sql {
         /// Begins an automatic pause unless one is in force (SPEC section 8): the
         /// dials that were in flight when a pause began, answered the same way, are
         /// that pause, not repeats of it, so they neither double it nor move its end.
-        /// An untimed pause (until `campaign resume`) replaces a timed one.
-        pub(crate) async fn pause_campaign(pool: &$Pool, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64) -> Result<()> {
-            sqlx::query(
-                "UPDATE campaigns SET auto_pause_count = 1, auto_pause_reason = $2, auto_paused_until_ms = $3, \
+        /// An untimed pause (until `campaign resume`) replaces a timed one. With
+        /// `repeat` (the pause's probe dial failed) the pause is set again, and the
+        /// same cause counts up (its length doubles); a timed pause never replaces
+        /// one that waits for `campaign resume`.
+        pub(crate) async fn pause_campaign(pool: &$Pool, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64, repeat: bool) -> Result<()> {
+            const BEGIN: &str = "UPDATE campaigns SET auto_pause_count = 1, auto_pause_reason = $2, auto_paused_until_ms = $3, \
                  probe_job_id = NULL, updated_at_ms = $4 WHERE id = $1 \
-                 AND (auto_pause_reason IS NULL OR ($3 IS NULL AND auto_paused_until_ms IS NOT NULL))",
-            )
-            .bind(id)
-            .bind(reason)
-            .bind(until_ms)
-            .bind(now_ms)
-            .execute(pool)
-            .await?;
-            Ok(())
-        }
-
-        /// The pause's probe dial failed: the pause is set again, and a repeat of
-        /// the same cause counts up (its length doubles; SPEC section 8). A timed
-        /// pause never replaces one that waits for `campaign resume`.
-        pub(crate) async fn repause_campaign(pool: &$Pool, id: i64, reason: &str, until_ms: Option<i64>, now_ms: i64) -> Result<()> {
-            sqlx::query(
-                "UPDATE campaigns SET auto_pause_count = CASE WHEN auto_pause_reason = $2 \
+                 AND (auto_pause_reason IS NULL OR ($3 IS NULL AND auto_paused_until_ms IS NOT NULL))";
+            const REPEAT: &str = "UPDATE campaigns SET auto_pause_count = CASE WHEN auto_pause_reason = $2 \
                  THEN auto_pause_count + 1 ELSE 1 END, auto_pause_reason = $2, auto_paused_until_ms = $3, \
                  probe_job_id = NULL, updated_at_ms = $4 WHERE id = $1 \
-                 AND NOT (auto_pause_reason IS NOT NULL AND auto_paused_until_ms IS NULL AND $3 IS NOT NULL)",
-            )
-            .bind(id)
-            .bind(reason)
-            .bind(until_ms)
-            .bind(now_ms)
-            .execute(pool)
-            .await?;
+                 AND NOT (auto_pause_reason IS NOT NULL AND auto_paused_until_ms IS NULL AND $3 IS NOT NULL)";
+            sqlx::query(if repeat { REPEAT } else { BEGIN })
+                .bind(id)
+                .bind(reason)
+                .bind(until_ms)
+                .bind(now_ms)
+                .execute(pool)
+                .await?;
             Ok(())
         }
 
@@ -801,36 +788,23 @@ macro_rules! worker_sql {
         }
 
         /// Begins an account halt unless one is in force: as with pauses, the dials
-        /// in flight when it began are that halt, not repeats (SPEC section 8).
-        pub(crate) async fn halt_account(pool: &$Pool, account: &str, reason: &str, probe_at_ms: i64, now_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO account_halts (account, reason, halted_at_ms, probe_at_ms, halt_count) VALUES ($1, $2, $4, $3, 1) \
-                 ON CONFLICT (account) DO NOTHING",
-            )
-            .bind(account)
-            .bind(reason)
-            .bind(probe_at_ms)
-            .bind(now_ms)
-            .execute(pool)
-            .await?;
-            Ok(())
-        }
-
-        /// The halt's probe dial failed: the halt is set again, and a repeat of the
+        /// in flight when it began are that halt, not repeats (SPEC section 8). With
+        /// `repeat` (the halt's probe dial failed) the halt is set again, and the
         /// same cause counts up (its length doubles).
-        pub(crate) async fn rehalt_account(pool: &$Pool, account: &str, reason: &str, probe_at_ms: i64, now_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO account_halts (account, reason, halted_at_ms, probe_at_ms, halt_count) VALUES ($1, $2, $4, $3, 1) \
-                 ON CONFLICT (account) DO UPDATE SET probe_at_ms = excluded.probe_at_ms, \
+        pub(crate) async fn halt_account(pool: &$Pool, account: &str, reason: &str, probe_at_ms: i64, now_ms: i64, repeat: bool) -> Result<()> {
+            const BEGIN: &str = "INSERT INTO account_halts (account, reason, halted_at_ms, probe_at_ms, halt_count) \
+                 VALUES ($1, $2, $4, $3, 1) ON CONFLICT (account) DO NOTHING";
+            const REPEAT: &str = "INSERT INTO account_halts (account, reason, halted_at_ms, probe_at_ms, halt_count) \
+                 VALUES ($1, $2, $4, $3, 1) ON CONFLICT (account) DO UPDATE SET probe_at_ms = excluded.probe_at_ms, \
                  halt_count = CASE WHEN account_halts.reason = excluded.reason THEN account_halts.halt_count + 1 ELSE 1 END, \
-                 reason = excluded.reason",
-            )
-            .bind(account)
-            .bind(reason)
-            .bind(probe_at_ms)
-            .bind(now_ms)
-            .execute(pool)
-            .await?;
+                 reason = excluded.reason";
+            sqlx::query(if repeat { REPEAT } else { BEGIN })
+                .bind(account)
+                .bind(reason)
+                .bind(probe_at_ms)
+                .bind(now_ms)
+                .execute(pool)
+                .await?;
             Ok(())
         }
 
